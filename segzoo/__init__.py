@@ -1,0 +1,24 @@
+"""segzoo: a plugin-based semantic-segmentation model zoo."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._factory import create, list_backbones, list_heads, list_models, model_info
+from .backbones.extractor import Feature, FeatureExtractor, FeatureInfo
+from .hookspecs import hookimpl
+from .model import SegmentationModel
+
+__all__ = [
+    "Feature",
+    "FeatureExtractor",
+    "FeatureInfo",
+    "SegmentationModel",
+    "__version__",
+    "create",
+    "hookimpl",
+    "list_backbones",
+    "list_heads",
+    "list_models",
+    "model_info",
+]
