@@ -61,9 +61,7 @@ def _backbone_entry(name: str) -> tuple[Entry, tuple[str, ...]]:
     return entry, ((name.split(":", 1)[1],) if entry.is_family else ())
 
 
-def _route_kwargs(
-    kwargs: dict[str, Any], backbone: Any, head: str
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def _route_kwargs(kwargs: dict[str, Any], backbone: Any, head: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Send each extra keyword of create() to the backbone or the head builder that takes it."""
     if not kwargs:
         return {}, {}
@@ -123,7 +121,7 @@ def resolve_spec(
                     + f" A head ({', '.join(heads)}) with backbone=... builds any combination."
                 ) from None
             if head is not None and head != name:
-                raise TypeError(f"create({name!r}, head={head!r}): give the head once")
+                raise TypeError(f"create({name!r}, head={head!r}): give the head once") from None
             head = name
     if recipe is None:
         if head is None:
@@ -162,7 +160,9 @@ def resolve_spec(
     n_cls = num_classes if num_classes is not None else (recipe.num_classes if recipe else None)
     if n_cls is None:
         raise TypeError(f"create({head_name!r}, backbone=...) needs num_classes")
-    labels = list(recipe.labels) if recipe is not None and recipe.labels and n_cls == recipe.num_classes else None
+    labels = (
+        list(recipe.labels) if recipe is not None and recipe.labels and n_cls == recipe.num_classes else None
+    )
     return BuildSpec(
         backbone=bb,
         head=head_name,
@@ -198,7 +198,9 @@ def build_model(spec: BuildSpec) -> SegmentationModel:
         entry, variant = _backbone_entry(spec.backbone)
         backbone = _call(entry, "backbone", spec.backbone, *variant, **spec.backbone_kwargs)
         if not hasattr(backbone, "feature_info"):
-            raise TypeError(f"backbone {spec.backbone!r} ({entry.provided_by()}) returned a module without feature_info")
+            raise TypeError(
+                f"backbone {spec.backbone!r} ({entry.provided_by()}) returned a module without feature_info"
+            )
         providers["backbone"] = entry.provider()
     else:
         backbone = spec.backbone
@@ -209,7 +211,12 @@ def build_model(spec: BuildSpec) -> SegmentationModel:
     if spec.aux:
         aux_entry = reg.get("head", spec.aux_head)
         aux_head = _call(
-            aux_entry, "aux head", spec.aux_head, backbone.feature_info, spec.num_classes, **spec.aux_head_kwargs
+            aux_entry,
+            "aux head",
+            spec.aux_head,
+            backbone.feature_info,
+            spec.num_classes,
+            **spec.aux_head_kwargs,
         )
         providers["aux_head"] = aux_entry.provider()
     if spec.recipe is not None:
@@ -227,7 +234,9 @@ def _call(entry: Entry, role: str, name: str, *args: Any, **kwargs: Any) -> nn.M
             raise TypeError(f"{role} {name!r} ({entry.provided_by()}): {err}") from err
         raise
     if not isinstance(module, nn.Module):
-        raise TypeError(f"{role} {name!r} ({entry.provided_by()}) returned {type(module).__name__}, not an nn.Module")
+        raise TypeError(
+            f"{role} {name!r} ({entry.provided_by()}) returned {type(module).__name__}, not an nn.Module"
+        )
     return module
 
 
@@ -313,9 +322,13 @@ def model_info(name: str) -> dict[str, Any]:
     }
 
 
-def _params_with_aux(spec: BuildSpec, model: SegmentationModel) -> int:
+def _params_with_aux(spec: BuildSpec, model: SegmentationModel) -> int | None:
+    """Parameter count with the auxiliary head (torchvision's published counts include it);
+    None where the backbone has no feature for one."""
     if spec.aux:
         return sum(p.numel() for p in model.parameters())
-    with torch.device("meta"):
-        return sum(p.numel() for p in build_model(replace(spec, aux=True)).parameters())
-
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in build_model(replace(spec, aux=True)).parameters())
+    except ValueError:
+        return None

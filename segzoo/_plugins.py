@@ -181,7 +181,9 @@ def _call_hooks(pm: pluggy.PluginManager) -> list[Entry]:
                 continue
             entries = staged.setdefault(plugin_name, [])
 
-            def register(obj_name: str, obj: Any = None, *, _kind=kind, _record=record, _entries=entries, **kw):
+            def register(
+                obj_name: str, obj: Any = None, *, _kind=kind, _record=record, _entries=entries, **kw
+            ):
                 _entries.append(
                     make_entry(
                         _kind,

@@ -61,8 +61,14 @@ class Recipe:
         for attr in ("backbone", "head", "aux_head"):
             if not isinstance(getattr(self, attr), str) or not getattr(self, attr):
                 raise RegistryError(f"recipe {self.name!r}: {attr} must be a registered name (a string)")
-        if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 1:
-            raise RegistryError(f"recipe {self.name!r}: num_classes must be a positive int, got {self.num_classes!r}")
+        if (
+            not isinstance(self.num_classes, int)
+            or isinstance(self.num_classes, bool)
+            or self.num_classes < 1
+        ):
+            raise RegistryError(
+                f"recipe {self.name!r}: num_classes must be a positive int, got {self.num_classes!r}"
+            )
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(self.labels))
             if len(self.labels) != self.num_classes:
@@ -72,7 +78,9 @@ class Recipe:
         if self.weights and self.default_tag is None:
             object.__setattr__(self, "default_tag", next(iter(self.weights)))
         if self.default_tag is not None and self.default_tag not in self.weights:
-            raise RegistryError(f"recipe {self.name!r}: default_tag {self.default_tag!r} is not in its weights")
+            raise RegistryError(
+                f"recipe {self.name!r}: default_tag {self.default_tag!r} is not in its weights"
+            )
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -125,7 +133,9 @@ def make_entry(
         )
     if kind == "model":
         if obj is not None:
-            raise RegistryError(f"register({name!r}, ...) for models takes keyword fields only, e.g. backbone=...")
+            raise RegistryError(
+                f"register({name!r}, ...) for models takes keyword fields only, e.g. backbone=..."
+            )
         unknown = set(recipe_fields) - set(Recipe.field_names())
         if unknown:
             raise RegistryError(
@@ -138,7 +148,9 @@ def make_entry(
         description = description or f"{obj.head} on {obj.backbone}"
     else:
         if recipe_fields:
-            raise RegistryError(f"register({name!r}) for {kind}s got unexpected fields {sorted(recipe_fields)}")
+            raise RegistryError(
+                f"register({name!r}) for {kind}s got unexpected fields {sorted(recipe_fields)}"
+            )
         if not callable(obj):
             raise RegistryError(f"{kind} {name!r}: the builder must be callable, got {obj!r}")
         description = description or (obj.__doc__ or "").strip().split("\n")[0]
@@ -200,7 +212,9 @@ class Registry:
         raise UnknownNameError(unknown_name_message(kind, name, list(self._entries[kind])))
 
 
-def filter_names(names: list[str], filter: str | Iterable[str] = "", exclude: str | Iterable[str] = ()) -> list[str]:
+def filter_names(
+    names: list[str], filter: str | Iterable[str] = "", exclude: str | Iterable[str] = ()
+) -> list[str]:
     """Names matching any fnmatch pattern of ``filter`` and none of ``exclude`` (case-insensitive)."""
     includes = [filter] if isinstance(filter, str) else list(filter)
     includes = [p for p in includes if p]

@@ -39,7 +39,9 @@ class SegmentationModel(nn.Module):
                 continue
             wanted = getattr(h, "in_features", None)
             if not wanted:
-                raise TypeError(f"the {role} ({type(h).__name__}) must declare in_features, the feature names it takes")
+                raise TypeError(
+                    f"the {role} ({type(h).__name__}) must declare in_features, the feature names it takes"
+                )
             missing = [n for n in wanted if n not in info.names()]
             if missing:
                 raise ValueError(
@@ -73,7 +75,9 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if x.ndim != 4:
-            raise ValueError(f"expected a batch of images N x C x H x W, got a tensor of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"expected a batch of images N x C x H x W, got a tensor of shape {tuple(x.shape)}"
+            )
         size = x.shape[-2:]
         features = self.backbone(x)
         out = {"out": self._predict(self.classifier, features, size)}

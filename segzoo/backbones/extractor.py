@@ -278,16 +278,16 @@ class FeatureExtractor(nn.Module):
         if self._fx_forward is not None:
             return self._fx_forward[self.training](self, x)
         if self.method == "outputs":
-            return self._forward_outputs(x)
-        return self._forward_hooks(x)
+            return self._run_outputs(x)
+        return self._run_with_hooks(x)
 
-    def _forward_outputs(self, x: Tensor) -> dict[str, Tensor]:
+    def _run_outputs(self, x: Tensor) -> dict[str, Tensor]:
         out = self._body(x)
         if isinstance(out, Mapping):
             return {name: out[key] for key, name in self.return_nodes.items()}
         return {name: out[int(key)] for key, name in self.return_nodes.items()}
 
-    def _forward_hooks(self, x: Tensor) -> dict[str, Tensor]:
+    def _run_with_hooks(self, x: Tensor) -> dict[str, Tensor]:
         captured: dict[str, Tensor] = {}
         wanted = len(self.return_nodes)
 
@@ -357,24 +357,34 @@ def _has_submodule(module: nn.Module, name: str) -> bool:
     return True
 
 
-def _missing_module_error(module: nn.Module, missing: list[str]) -> str:
-    names = [n for n, _ in module.named_modules() if n]
+def _missing_module_error(module: nn.Module, missing: list[str], candidates: list[str] | None = None) -> str:
+    names = candidates if candidates is not None else [n for n, _ in module.named_modules() if n]
     parts = []
     for m in missing:
         close = difflib.get_close_matches(m, names, n=3)
         parts.append(f"{m!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
     return (
-        f"{type(module).__name__} has no submodule {', '.join(parts)}; its top-level modules are "
+        f"{type(module).__name__} has no node {', '.join(parts)}; its top-level modules are "
         f"{[n for n, _ in module.named_children()]}"
     )
 
 
 def _trace_error(module: nn.Module, missing: list[str], err: Exception) -> str:
-    msg = f"could not extract features from {type(module).__name__} with torch.fx: {err}"
-    if missing:
-        msg += f"\nForward hooks cannot stand in either: {_missing_module_error(module, missing)}"
-        msg += (
-            "\nUse module paths from `dict(module.named_modules())`, or graph node names from "
-            "`torchvision.models.feature_extraction.get_graph_node_names(module)`."
-        )
-    return msg
+    """One message for a failed FX extraction: unknown node names, or a module FX cannot trace."""
+    if not missing:
+        return f"could not trace {type(module).__name__} with torch.fx: {type(err).__name__}: {err}"
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    try:
+        graph_nodes = list(dict.fromkeys(itertools.chain(*get_graph_node_names(module))))
+    except Exception:
+        graph_nodes = []  # untraceable: module paths are all there is
+    candidates = graph_nodes + [n for n, _ in module.named_modules() if n and n not in graph_nodes]
+    not_nodes = [n for n in missing if n not in graph_nodes]
+    msg = _missing_module_error(module, not_nodes or missing, candidates)
+    if graph_nodes and not not_nodes:
+        msg = f"could not trace {type(module).__name__} with torch.fx ({err}), and {msg}"
+    return msg + (
+        ". Name module paths (dict(module.named_modules())) or FX graph nodes "
+        "(torchvision.models.feature_extraction.get_graph_node_names(module))."
+    )

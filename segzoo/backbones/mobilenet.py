@@ -18,7 +18,9 @@ def mobilenet_v3_backbone(arch: str, *, output_stride: int = 16) -> FeatureExtra
     import torchvision.models as tvm
 
     if output_stride not in (16, 32):
-        raise ValueError(f"{arch}: output_stride must be 16 (dilated last stage) or 32, got {output_stride!r}")
+        raise ValueError(
+            f"{arch}: output_stride must be 16 (dilated last stage) or 32, got {output_stride!r}"
+        )
     features = getattr(tvm, arch)(weights=None, dilated=output_stride == 16).features
     # Strided blocks carry _is_cn; with the stem and the last conv they mark the stages.
     stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
@@ -29,7 +31,9 @@ def mobilenet_v3_backbone(arch: str, *, output_stride: int = 16) -> FeatureExtra
             reduction = min(reduction * 2, output_stride)
         info.append(Feature(str(i), features[i].out_channels, reduction, str(i)))
     aux = str(stages[-4])
-    return FeatureExtractor(features, [f.name for f in info], feature_info=info, roles={"aux": aux, "low": aux})
+    return FeatureExtractor(
+        features, [f.name for f in info], feature_info=info, roles={"aux": aux, "low": aux}
+    )
 
 
 @hookimpl

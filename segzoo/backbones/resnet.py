@@ -36,7 +36,7 @@ def resnet_backbone(arch: str, *, output_stride: int | None = None) -> FeatureEx
     widths = (64, 128, 256, 512) if basic else (256, 512, 1024, 2048)
     reductions = [min(r, output_stride) for r in (4, 8, 16, 32)]
     layers = [f"layer{i}" for i in range(1, 5)]
-    info = [Feature(n, c, r, n) for n, c, r in zip(layers, widths, reductions)]
+    info = [Feature(n, c, r, n) for n, c, r in zip(layers, widths, reductions, strict=True)]
     return FeatureExtractor(net, layers, feature_info=info)
 
 

@@ -45,9 +45,13 @@ def timm_backbone(
     names = net.feature_info.module_name()
     info = [
         Feature(n, c, r, str(i))
-        for i, (n, c, r) in enumerate(zip(names, net.feature_info.channels(), net.feature_info.reduction()))
+        for i, (n, c, r) in enumerate(
+            zip(names, net.feature_info.channels(), net.feature_info.reduction(), strict=True)
+        )
     ]
-    return FeatureExtractor(net, {str(i): n for i, n in enumerate(names)}, method="outputs", feature_info=info)
+    return FeatureExtractor(
+        net, {str(i): n for i, n in enumerate(names)}, method="outputs", feature_info=info
+    )
 
 
 def _timm_names() -> list[str]:

@@ -53,7 +53,9 @@ class ASPP(nn.Module):
     ) -> None:
         super().__init__()
         branches: list[nn.Module] = [
-            nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU())
+            nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU()
+            )
         ]
         branches += [ASPPConv(in_channels, out_channels, int(r)) for r in atrous_rates]
         branches.append(ASPPPooling(in_channels, out_channels))
@@ -116,4 +118,6 @@ def build_deeplabv3(
 
 @hookimpl
 def register_heads(register):
-    register("deeplabv3", build_deeplabv3, description="DeepLabV3 head: ASPP with rates set by the output stride")
+    register(
+        "deeplabv3", build_deeplabv3, description="DeepLabV3 head: ASPP with rates set by the output stride"
+    )

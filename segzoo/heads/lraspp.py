@@ -52,7 +52,9 @@ def build_lraspp(
 ) -> LRASPPHead:
     """LR-ASPP on ``low`` (the first stride-8 feature unless the backbone says otherwise) and ``out``."""
     low, high = feature_info.resolve(low_feature), feature_info.resolve(high_feature)
-    return LRASPPHead(low.channels, high.channels, num_classes, inter_channels, in_features=(low.name, high.name))
+    return LRASPPHead(
+        low.channels, high.channels, num_classes, inter_channels, in_features=(low.name, high.name)
+    )
 
 
 @hookimpl

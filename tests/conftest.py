@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def plugin(obj: object, name: str) -> Iterator[object]:
+    """Register a throwaway plugin for the duration of a block, and always remove it."""
+    from segzoo import _plugins
+
+    record = _plugins.register_plugin(obj, name)
+    try:
+        yield record
+    finally:
+        _plugins.unregister_plugin(name)
+
+
+@pytest.fixture
+def fresh_plugins(monkeypatch):
+    """Reload plugins from scratch for one test, and again afterwards."""
+    from segzoo import _plugins
+
+    _plugins.reset()
+    yield _plugins
+    monkeypatch.undo()
+    _plugins.reset()
+
+
+def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter (for import-time behaviour)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300, check=False
+    )
