@@ -6,6 +6,8 @@ __version__ = "0.1.0"
 
 from ._factory import create, list_backbones, list_heads, list_models, model_info
 from .backbones.extractor import Feature, FeatureExtractor, FeatureInfo
+from .engine.evaluate import evaluate
+from .engine.predict import predict
 from .hookspecs import hookimpl
 from .model import SegmentationModel
 
@@ -16,9 +18,11 @@ __all__ = [
     "SegmentationModel",
     "__version__",
     "create",
+    "evaluate",
     "hookimpl",
     "list_backbones",
     "list_heads",
     "list_models",
     "model_info",
+    "predict",
 ]

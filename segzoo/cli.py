@@ -9,7 +9,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-USER_ERRORS = (ValueError, TypeError, LookupError, FileNotFoundError, NotADirectoryError, PermissionError)
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    LookupError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -136,6 +144,86 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+# -- predict / eval / data ----------------------------------------------------------------------
+
+
+def _load_model(name: str, device: str | None):
+    import torch
+
+    from . import create
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return create(name, pretrained=True).to(device), device
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.predict import class_names, iter_predictions, write_prediction
+
+    model, device = _load_model(args.model, args.device)
+    labels = class_names(model)
+    n = 0
+    for pred in iter_predictions(
+        model, args.images, size=args.size, batch_size=args.batch_size, device=device,
+        tile=args.tile, overlap=args.overlap, progress=True,
+    ):  # fmt: skip
+        write_prediction(pred, args.out, labels, alpha=args.alpha)
+        n += 1
+    print(
+        f"wrote {n} masks to {os.path.join(args.out, 'masks')} and overlays to {os.path.join(args.out, 'overlays')}"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ._files import write_text
+    from ._viz import confusion_matrix_image, save_image
+    from .engine.evaluate import evaluate
+
+    split = None if args.split == "all" else args.split
+    model, device = _load_model(args.model, args.device)
+    num_classes = model.config.get("num_classes")
+    if args.format == "synth":
+        from .data import SyntheticSegmentation
+
+        data = SyntheticSegmentation(args.n, seed=args.seed, split=split, num_classes=num_classes)
+        where = f"synthetic n={args.n} seed={args.seed}"
+    else:
+        from .data import open_dataset
+
+        if not args.data:
+            raise ValueError("--data PATH is required (or --format synth for the generated dataset)")
+        data = open_dataset(args.data, args.format, split, num_classes=num_classes)
+        where = args.data
+    print(f"evaluating {args.model} on {where} (split {args.split}, {len(data)} images)", file=sys.stderr)
+    result = evaluate(model, data, batch_size=args.batch_size, size=args.size, device=device,
+                      num_workers=args.workers, progress=True)  # fmt: skip
+    print(result.table())
+    result.extra.update(model=args.model, data=where, format=args.format, split=args.split, size=args.size)
+    if args.json:
+        write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    cm_path = args.confusion_matrix or (
+        str(Path(args.json).with_suffix(".confusion.png")) if args.json else None
+    )
+    if cm_path:
+        save_image(confusion_matrix_image(result.confusion_matrix, result.class_names), cm_path)
+        print(f"wrote {cm_path}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import write_synthetic
+
+    out = write_synthetic(args.out, args.n, seed=args.seed, num_classes=args.num_classes,
+                          val_fraction=args.val_fraction, progress=lambda it: tqdm(it, unit="img"))  # fmt: skip
+    print(f"wrote {args.n} samples to {out} (images/, masks/, classes.txt, splits/train.txt, splits/val.txt)")
+    return 0
+
+
 # -- wiring -------------------------------------------------------------------------------------
 
 
@@ -170,7 +258,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run every registered model on a generated image")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.set_defaults(func=cmd_demo)
+
+    model_help = "any name segzoo.create accepts: local-dir:DIR, hf-hub:ORG/REPO, NAME or NAME.TAG"
+    p = sub.add_parser("predict", help="segment images: palette PNG masks and overlays")
+    p.add_argument("model", help=model_help)
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="writes DIR/masks/NAME.png and DIR/overlays/NAME.png"
+    )
+    _run_options(p)
+    p.add_argument("--tile", type=int, metavar="SIZE", help="sliding-window inference with SIZE x SIZE tiles")
+    p.add_argument("--overlap", type=float, default=0.25, metavar="F", help="tile overlap fraction (0.25)")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in overlays (0.5)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("eval", help="mIoU, accuracies and per-class IoU on a labelled dataset")
+    p.add_argument("model", help=model_help)
+    p.add_argument("--data", metavar="PATH", help="dataset folder (not needed with --format synth)")
+    p.add_argument("--format", choices=["voc", "folder", "synth"], help="dataset layout (default: detected)")
+    p.add_argument(
+        "--split", default="val", help="split to evaluate ('all': every image of a folder dataset)"
+    )
+    p.add_argument("--n", type=int, default=200, help="--format synth: samples in the generated set (200)")
+    p.add_argument("--seed", type=int, default=0, help="--format synth: seed of the generated set (0)")
+    p.add_argument("--json", metavar="OUT", help="write the metrics and the confusion matrix as JSON")
+    p.add_argument("--confusion-matrix", metavar="PNG",
+                   help="write the row-normalised confusion matrix (default with --json: OUT.confusion.png)")  # fmt: skip
+    _run_options(p)
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (0)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    p = data_sub.add_parser("synth", help="write the synthetic dataset in the folder layout")
+    p.add_argument("out", metavar="OUT", help="a new (or empty) folder")
+    p.add_argument("--n", type=int, default=200, help="number of samples (200)")
+    p.add_argument("--seed", type=int, default=0, help="seed (0)")
+    p.add_argument("--num-classes", type=int, default=6, help="classes including background, 2..6 (6)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of samples in splits/val.txt (0.2)")
+    p.set_defaults(func=cmd_data_synth, command="data synth")
     return parser
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (1)")
+    p.add_argument("--size", type=int,
+                   help="resize the shorter side to SIZE (default: the model's preprocessing; 0 keeps the size)")  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,86 @@
+"""Reading images and masks from disk, with one clear error per bad file.
+
+Only Pillow, numpy and torch: the predictor uses this without importing torchvision.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+__all__ = ["IMAGE_EXTENSIONS", "MASK_EXTENSIONS", "DataError", "list_images", "read_image", "read_mask"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".pgm")
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class DataError(ValueError):
+    """A dataset file or layout that cannot be used; the message names the file and the fix."""
+
+
+def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"{what} {path} is empty (0 bytes): re-export it or remove it from the dataset")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(
+            f"cannot read {what} {path} ({type(err).__name__}: {err}): check that it is a complete "
+            f"image file ({', '.join(IMAGE_EXTENSIONS)}), re-export it or remove it from the dataset"
+        ) from None
+    return ImageOps.exif_transpose(img)
+
+
+def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """An image file as a 3 x H x W uint8 RGB tensor, upright per its EXIF orientation.
+
+    Grayscale is repeated to three channels, alpha is dropped, palette images are expanded and
+    16-bit images are scaled to 8 bits.
+    """
+    img = _open(path, "image")
+    if img.mode in _SIXTEEN_BIT:
+        arr = np.asarray(img).astype(np.float64) * (255.0 / 65535.0)
+        arr = np.repeat(np.round(arr).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    elif img.mode == "F":
+        raise DataError(
+            f"image {path} holds floating-point pixels (mode F): convert it to an 8-bit RGB or grayscale image"
+        )
+    else:
+        arr = np.array(img.convert("RGB"))
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def read_mask(path: str | os.PathLike[str]) -> torch.Tensor:
+    """A mask file as an H x W int64 tensor of class indices.
+
+    Masks hold one class index per pixel: an index (mode L or 16-bit) or palette (mode P) image,
+    whose palette indices are the classes, as in Pascal VOC.
+    """
+    img = _open(path, "mask")
+    if img.mode in ("P", "L", "1", *_SIXTEEN_BIT):
+        arr = np.asarray(img)
+    elif img.mode in ("LA", "PA"):
+        arr = np.asarray(img)[..., 0]
+    else:
+        raise DataError(
+            f"mask {path} is a {img.mode} colour image, but masks hold one class index per pixel: save it "
+            "as an index (mode L) or palette (mode P) PNG whose pixel values are the class numbers"
+        )
+    return torch.from_numpy(np.ascontiguousarray(arr).astype(np.int64))
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files directly inside a folder, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a directory")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)

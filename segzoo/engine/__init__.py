@@ -1,0 +1,1 @@
+"""Running models: prediction and evaluation (training joins later)."""
