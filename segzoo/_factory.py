@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +18,7 @@ from ._registry import (
     Entry,
     Recipe,
     UnknownNameError,
+    filter_names,
     unknown_name_message,
 )
 from .model import SegmentationModel
@@ -39,11 +42,14 @@ class BuildSpec:
     labels: list[str] | None = None
     preprocessing: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
     ignore_index: int = 255
+    pretrained_backbone: bool = False  # a build-time switch, not part of the saved config
 
     def to_config(self) -> dict[str, Any]:
         """A JSON-able dict; a module passed as backbone is recorded as None (not rebuildable)."""
         backbone = self.backbone if isinstance(self.backbone, str) else None
-        return asdict(replace(self, backbone=backbone))
+        cfg = asdict(replace(self, backbone=backbone))
+        del cfg["pretrained_backbone"]
+        return cfg
 
 
 def _params(builder: Callable[..., Any], skip: int) -> tuple[set[str], bool]:
@@ -131,10 +137,7 @@ def resolve_spec(
                 f"create({head!r}) builds a bare head: say which backbone, e.g. "
                 f"create({head!r}, backbone='resnet50', num_classes=...)"
             )
-    if num_classes is not None and (
-        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
-    ):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    _check_num_classes(num_classes)
 
     head_name = head or recipe.head  # type: ignore[union-attr]
     reg.get("head", head_name)  # a clear error for an unknown head
@@ -182,6 +185,13 @@ def resolve_spec(
     )
 
 
+def _check_num_classes(num_classes: Any) -> None:
+    if num_classes is not None and (
+        not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1
+    ):
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
 def _accepted(kwargs: dict[str, Any], backbone: Any) -> dict[str, Any]:
     if not isinstance(backbone, str):
         return {}
@@ -196,7 +206,15 @@ def build_model(spec: BuildSpec) -> SegmentationModel:
     providers: dict[str, Any] = {}
     if isinstance(spec.backbone, str):
         entry, variant = _backbone_entry(spec.backbone)
-        backbone = _call(entry, "backbone", spec.backbone, *variant, **spec.backbone_kwargs)
+        kwargs = dict(spec.backbone_kwargs)
+        if spec.pretrained_backbone:
+            names, var = _params(entry.obj, len(variant))
+            if "pretrained" not in names and not var:
+                raise TypeError(
+                    f"backbone {spec.backbone!r} has no pretrained weights to load (pretrained_backbone=True)"
+                )
+            kwargs["pretrained"] = True
+        backbone = _call(entry, "backbone", spec.backbone, *variant, **kwargs)
         if not hasattr(backbone, "feature_info"):
             raise TypeError(
                 f"backbone {spec.backbone!r} ({entry.provided_by()}) returned a module without feature_info"
@@ -244,6 +262,7 @@ def create(
     name: str | None = None,
     *,
     pretrained: bool = False,
+    pretrained_backbone: bool = False,
     num_classes: int | None = None,
     aux: bool | None = None,
     backbone: str | nn.Module | None = None,
@@ -251,34 +270,223 @@ def create(
     backbone_kwargs: dict[str, Any] | None = None,
     head_kwargs: dict[str, Any] | None = None,
     aux_head_kwargs: dict[str, Any] | None = None,
+    ignore_mismatched: bool = False,
+    token: str | None = None,
     **kwargs: Any,
 ) -> SegmentationModel:
-    """Build a model from a recipe name, or any head x backbone combination.
+    """Build a model from a recipe, a saved folder, a Hub repo, or any head x backbone.
 
-    ``create("deeplabv3_resnet101")`` builds a recipe; ``create("deeplabv3",
-    backbone="timm:convnext_tiny", num_classes=5)`` a head on any backbone (a registered name or
-    a module with ``feature_info`` such as a ``FeatureExtractor``). Extra keyword arguments go to
-    the backbone or head builder that takes them (``output_stride``, ``atrous_rates``, ...).
+    - ``create("deeplabv3_resnet101", pretrained=True)``: a recipe with its default weight tag;
+      ``create("deeplabv3_resnet101.tv_coco_voc", pretrained=True)`` a named tag.
+    - ``create("local-dir:PATH")`` / ``create("hf-hub:ORG/REPO@REVISION")``: rebuilt from
+      config.json, weights loaded.
+    - ``create("deeplabv3", backbone="timm:convnext_tiny", num_classes=5)``: a head on any
+      backbone (a registered name, or a module with ``feature_info`` such as a FeatureExtractor).
+
+    Extra keyword arguments go to the backbone or head builder that takes them (``output_stride``,
+    ``atrous_rates``, ...). With weights, a ``num_classes`` different from the checkpoint is an
+    error unless ``ignore_mismatched=True``, which re-initialises the layers that differ.
+    ``pretrained_backbone=True`` loads backbone-only weights (ImageNet for torchvision backbones,
+    timm's own for ``timm:`` ones).
     """
-    if pretrained:
-        raise NotImplementedError("pretrained weights are not available yet")
-    spec = resolve_spec(
-        name,
+    overrides = dict(
         num_classes=num_classes,
         aux=aux,
-        backbone=backbone,
-        head=head,
         backbone_kwargs=backbone_kwargs,
         head_kwargs=head_kwargs,
         aux_head_kwargs=aux_head_kwargs,
         **kwargs,
     )
-    return build_model(spec)
+    if isinstance(name, str) and name.startswith(("local-dir:", "hf-hub:")):
+        if backbone is not None or head is not None:
+            raise TypeError(
+                f"create({name!r}) rebuilds the saved architecture; backbone= and head= cannot change it"
+            )
+        if pretrained_backbone:
+            raise TypeError(f"create({name!r}) loads a whole model; pretrained_backbone=True does not apply")
+        if name.startswith("local-dir:"):
+            folder = Path(name[len("local-dir:") :]).expanduser()
+        else:
+            from .hub import download_folder, parse_hub_name
+
+            folder = download_folder(*parse_hub_name(name[len("hf-hub:") :]), token=token)
+        return load_folder(folder, ignore_mismatched=ignore_mismatched, **overrides)
+
+    tag = None
+    if isinstance(name, str) and "." in name:
+        name, tag = name.split(".", 1)
+    spec = resolve_spec(name, backbone=backbone, head=head, **overrides)
+    spec.pretrained_backbone = pretrained_backbone
+    if not pretrained:
+        return build_model(spec)
+
+    if pretrained_backbone:
+        raise TypeError("pretrained=True loads the whole model; drop pretrained_backbone=True")
+    recipe = registry().get("model", name).obj if name is not None and spec.recipe else None
+    if recipe is None or not recipe.weights:
+        raise ValueError(
+            f"{spec.recipe or spec.head} has no pretrained weights: use pretrained=False, "
+            f"or a recipe from segzoo.list_models(pretrained=True)"
+        )
+    tag = tag or recipe.default_tag
+    if tag not in recipe.weights:
+        raise UnknownNameError(
+            unknown_name_message(
+                "model", f"{recipe.name}.{tag}", [f"{recipe.name}.{t}" for t in recipe.weights]
+            )
+        )
+    ws = recipe.weights[tag]
+    # the weights decide what the user did not: classes, aux head, labels, preprocessing
+    spec.num_classes = num_classes if num_classes is not None else ws.num_classes
+    spec.aux = aux if aux is not None else ws.aux
+    if ws.labels and spec.num_classes == ws.num_classes:
+        spec.labels = list(ws.labels)
+    if ws.preprocessing:
+        spec.preprocessing = dict(ws.preprocessing)
+    from ._weights import fetch_weights
+    from .hub import WEIGHTS_NAME, read_config
+
+    folder = fetch_weights(recipe.name, tag, ws, token=token)
+    save_id = read_config(folder).get("save_id")
+    model = build_with_weights(
+        spec, folder / WEIGHTS_NAME, save_id=save_id, ignore_mismatched=ignore_mismatched
+    )
+    model.config["weights"] = ws.card_metadata(tag)
+    return model
 
 
-def list_models(filter: str | Iterable[str] = "", exclude_filters: str | Iterable[str] = ()) -> list[str]:
-    """Registered model recipes, optionally filtered by fnmatch patterns (``"deeplab*"``)."""
-    return registry().names("model", filter, exclude_filters)
+def load_folder(
+    folder: str | os.PathLike, *, ignore_mismatched: bool = False, **overrides: Any
+) -> SegmentationModel:
+    """Rebuild a model from a segzoo folder (config.json) and load its model.safetensors."""
+    from .hub import WEIGHTS_NAME, read_config
+
+    folder = Path(folder)
+    cfg = read_config(folder)
+    spec = spec_from_config(cfg, folder)
+    spec = apply_overrides(spec, **overrides)
+    model = build_with_weights(
+        spec, folder / WEIGHTS_NAME, save_id=cfg.get("save_id"), ignore_mismatched=ignore_mismatched
+    )
+    if cfg.get("weights"):
+        model.config["weights"] = cfg["weights"]
+    return model
+
+
+def spec_from_config(cfg: dict[str, Any], where: Any = "config.json") -> BuildSpec:
+    """The BuildSpec config.json records; a missing plugin is named with its distribution."""
+    reg = registry()
+    providers = cfg.get("providers") or {}
+    parts = [("backbone", "backbone", cfg["backbone"]), ("head", "head", cfg["head"])]
+    if cfg.get("aux"):
+        parts.append(("aux_head", "head", cfg.get("aux_head", "fcn")))
+    for role, kind, part in parts:
+        try:
+            reg.get(kind, part)  # type: ignore[arg-type]
+        except UnknownNameError:
+            prov = providers.get(role) or {}
+            dist = prov.get("distribution")
+            fix = (
+                f"install the distribution that provides it: pip install '{dist}>={prov.get('version')}'"
+                if dist and dist != "segzoo"
+                else "upgrade segzoo, or install the plugin that provides it"
+            )
+            raise UnknownNameError(
+                f"{where} needs the {kind} {part!r}"
+                + (f" from {dist} {prov.get('version')}" if dist else "")
+                + f", which is not installed: {fix}"
+            ) from None
+    return BuildSpec(
+        backbone=cfg["backbone"],
+        head=cfg["head"],
+        num_classes=int(cfg["num_classes"]),
+        recipe=cfg.get("recipe"),
+        aux=bool(cfg.get("aux", False)),
+        aux_head=cfg.get("aux_head", "fcn"),
+        backbone_kwargs=dict(cfg.get("backbone_kwargs") or {}),
+        head_kwargs=dict(cfg.get("head_kwargs") or {}),
+        aux_head_kwargs=dict(cfg.get("aux_head_kwargs") or DEFAULT_AUX_HEAD_KWARGS),
+        labels=cfg.get("labels"),
+        preprocessing=dict(cfg.get("preprocessing") or DEFAULT_PREPROCESSING),
+        ignore_index=int(cfg.get("ignore_index", 255)),
+    )
+
+
+def apply_overrides(
+    spec: BuildSpec,
+    *,
+    num_classes: int | None = None,
+    aux: bool | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    head_kwargs: dict[str, Any] | None = None,
+    aux_head_kwargs: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> BuildSpec:
+    """A copy of ``spec`` with create()'s overrides applied (for saved folders)."""
+    _check_num_classes(num_classes)
+    extra_b, extra_h = _route_kwargs(kwargs, spec.backbone, spec.head)
+    labels = spec.labels if num_classes in (None, spec.num_classes) else None
+    return replace(
+        spec,
+        num_classes=num_classes if num_classes is not None else spec.num_classes,
+        aux=spec.aux if aux is None else aux,
+        backbone_kwargs={**spec.backbone_kwargs, **(backbone_kwargs or {}), **extra_b},
+        head_kwargs={**spec.head_kwargs, **(head_kwargs or {}), **extra_h},
+        aux_head_kwargs={**spec.aux_head_kwargs, **(aux_head_kwargs or {})},
+        labels=labels,
+    )
+
+
+def build_with_weights(
+    spec: BuildSpec, weights: Path, *, save_id: str | None = None, ignore_mismatched: bool = False
+) -> SegmentationModel:
+    """Build on the meta device (no random init, no memory) and load the safetensors file with
+    ``assign=True``, so the weights are held once, memory-mapped. The auxiliary head may be absent
+    from the file (then it is initialised) or present and unwanted (then it is dropped)."""
+    from ._loading import NeedsRealBuild, load_state, no_init
+    from .hub import load_state_file
+
+    state_dict = load_state_file(weights, save_id=save_id)
+    source = str(weights)
+    try:
+        with torch.device("meta"), no_init():
+            model = build_model(spec)
+        load_state(
+            model,
+            state_dict,
+            source=source,
+            ignore_mismatched=ignore_mismatched,
+            optional_prefixes=("aux_classifier.",),
+        )
+    except NeedsRealBuild:
+        # a buffer computed in __init__ (not saved) cannot be recovered on meta: build for real
+        model = build_model(spec)
+        load_state(
+            model,
+            state_dict,
+            source=source,
+            ignore_mismatched=ignore_mismatched,
+            optional_prefixes=("aux_classifier.",),
+        )
+    return model
+
+
+def list_models(
+    filter: str | Iterable[str] = "", exclude_filters: str | Iterable[str] = (), pretrained: bool = False
+) -> list[str]:
+    """Registered model recipes, optionally filtered by fnmatch patterns (``"deeplab*"``).
+
+    ``pretrained=True`` lists ``name.tag`` for every weight tag instead (the default tag first).
+    """
+    reg = registry()
+    if not pretrained:
+        return reg.names("model", filter, exclude_filters)
+    names = []
+    for entry in reg.entries("model"):
+        recipe = entry.obj
+        tags = sorted(recipe.weights, key=lambda t: t != recipe.default_tag)
+        names += [f"{entry.name}.{t}" for t in tags]
+    return filter_names(names, filter, exclude_filters)
 
 
 def list_backbones(filter: str | Iterable[str] = "", exclude_filters: str | Iterable[str] = ()) -> list[str]:
@@ -296,6 +504,7 @@ def model_info(name: str) -> dict[str, Any]:
 
     The model is built on the meta device, so this allocates no weights.
     """
+    name = name.split(".", 1)[0]
     entry = registry().get("model", name)
     recipe: Recipe = entry.obj
     spec = resolve_spec(name)
@@ -319,6 +528,13 @@ def model_info(name: str) -> dict[str, Any]:
         "labels": list(recipe.labels) if recipe.labels else None,
         "preprocessing": recipe.preprocessing,
         "providers": model.config["providers"],
+        "weights": {
+            tag: {
+                "default": tag == recipe.default_tag,
+                **{k: v for k, v in asdict(ws).items() if k != "labels"},
+            }
+            for tag, ws in recipe.weights.items()
+        },
     }
 
 

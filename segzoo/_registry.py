@@ -75,6 +75,19 @@ class Recipe:
                 raise RegistryError(
                     f"recipe {self.name!r}: {len(self.labels)} labels for num_classes={self.num_classes}"
                 )
+        from ._weights import WeightSpec
+
+        weights = {}
+        for tag, value in dict(self.weights).items():
+            if not isinstance(tag, str) or not _NAME_RE.match(tag):
+                raise RegistryError(
+                    f"recipe {self.name!r}: invalid weight tag {tag!r} (letters, digits, '_', '-')"
+                )
+            try:
+                weights[tag] = WeightSpec.from_any(value)
+            except (TypeError, ValueError) as err:
+                raise RegistryError(f"recipe {self.name!r}, weight tag {tag!r}: {err}") from None
+        object.__setattr__(self, "weights", weights)
         if self.weights and self.default_tag is None:
             object.__setattr__(self, "default_tag", next(iter(self.weights)))
         if self.default_tag is not None and self.default_tag not in self.weights:

@@ -48,6 +48,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     pattern = args.filter or ""
     if pattern and not any(ch in pattern for ch in "*?["):
         pattern = f"*{pattern}*"
+    if args.pretrained:
+        return _list_pretrained(pattern, args.json)
     out: dict[str, list[dict[str, Any]]] = {}
     for kind in kinds:
         rows = []
@@ -78,6 +80,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_pretrained(pattern: str, as_json: bool) -> int:
+    from ._factory import list_models
+    from ._plugins import registry
+
+    rows = []
+    for full in list_models(pattern, pretrained=True):
+        name, tag = full.split(".", 1)
+        recipe = registry().get("model", name).obj
+        ws = recipe.weights[tag]
+        m = ws.metrics or {}
+        rows.append({"name": full, "default": tag == recipe.default_tag, "num_classes": ws.num_classes,
+                     "dataset": m.get("dataset"), "miou": m.get("miou"), "pixel_acc": m.get("pixel_acc"),
+                     "source": "hub" if ws.hf_hub_id else "url"})  # fmt: skip
+    if as_json:
+        _print_json(rows)
+        return 0
+    print(table([[r["name"], "yes" if r["default"] else "", r["num_classes"], r["dataset"], r["miou"], r["pixel_acc"]]
+                 for r in rows], ["NAME.TAG", "DEFAULT", "CLASSES", "DATASET", "mIoU", "PIXEL ACC"]))  # fmt: skip
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ._factory import model_info
     from ._plugins import registry
@@ -85,7 +108,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     reg = registry()
     name = args.name
-    if name in reg.names("model"):
+    if name.split(".", 1)[0] in reg.names("model"):
         info: dict[str, Any] = {"kind": "model", **model_info(name)}
     else:
         for kind in ("backbone", "head"):
@@ -112,6 +135,17 @@ def cmd_info(args: argparse.Namespace) -> int:
             print("features:")
             print(table([[f["name"], f["channels"], f["reduction"], ",".join(f["roles"])] for f in value],
                         ["  NAME", "CHANNELS", "REDUCTION", "ROLES"]))  # fmt: skip
+        elif key == "weights":
+            print("weights:" if value else "weights: none")
+            for tag, ws in value.items():
+                m = ws.get("metrics") or {}
+                score = (
+                    f" mIoU {m.get('miou')} / pixel acc {m.get('pixel_acc')} on {m.get('dataset')}"
+                    if m
+                    else ""
+                )
+                print(f"  {info['name']}.{tag}{' (default)' if ws['default'] else ''}:{score}")
+                print(f"    source: {ws.get('source') or ws.get('url') or ws.get('hf_hub_id')}")
         elif isinstance(value, dict | list):
             print(f"{key}: {json.dumps(value, default=str)}")
         else:
@@ -136,6 +170,30 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                      "FAILED: " + r.error if r.failed else "ok"])  # fmt: skip
     print(table(rows, ["PLUGIN", "SOURCE", "HOOKS", "REGISTERED", "STATUS"]))
     return 1 if args.strict and any(r.failed for r in recs) else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert import convert_torchvision
+
+    folder = convert_torchvision(args.name, args.checkpoint, args.outdir)
+    print(f"wrote {folder} (model.safetensors, config.json, README.md); load it with "
+          f"segzoo.create('local-dir:{folder}')")  # fmt: skip
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_to_hub
+
+    url = push_to_hub(
+        args.directory,
+        args.repo_id,
+        private=args.private or None,
+        revision=args.revision,
+        commit_message=args.message,
+        token=args.token,
+    )
+    print(f"pushed {args.directory} to {args.repo_id}: {url}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -242,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", action="store_true", help="only models")
     p.add_argument("--backbones", action="store_true", help="only backbones")
     p.add_argument("--heads", action="store_true", help="only heads")
+    p.add_argument("--pretrained", action="store_true", help="list model weight tags (name.tag)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
 
@@ -254,6 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed")
     p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("convert", help="convert another library's checkpoint into a segzoo folder")
+    p.add_argument("source", choices=["torchvision"], help="where the checkpoint comes from")
+    p.add_argument("name", help="the segzoo recipe, e.g. deeplabv3_resnet101")
+    p.add_argument("checkpoint", help="the .pth file (read with torch.load(weights_only=True))")
+    p.add_argument("outdir", help="the segzoo folder to write")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("push", help="push a segzoo folder to the Hugging Face Hub")
+    p.add_argument("directory", help="a folder written by save_pretrained or convert")
+    p.add_argument("repo_id", help="ORG/REPO on the Hub (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--revision", help="branch to commit to (created if missing)")
+    p.add_argument("--message", help="commit message")
+    p.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("demo", help="run every registered model on a generated image")
     p.add_argument("--size", type=int, default=256, help="image side in pixels")

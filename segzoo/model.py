@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -72,6 +74,30 @@ class SegmentationModel(nn.Module):
     @property
     def labels(self) -> list[str] | None:
         return self.config.get("labels")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors``, ``config.json`` and ``README.md`` (atomically); reload
+        with ``segzoo.create("local-dir:DIR")``."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        token: str | None = None,
+    ) -> str:
+        """Push the model to a Hugging Face Hub repo (created if needed) in one commit; returns
+        the commit URL. Reload with ``segzoo.create("hf-hub:REPO_ID")``."""
+        from .hub import push_to_hub
+
+        return push_to_hub(
+            self, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
+        )
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if x.ndim != 4:

@@ -8,12 +8,15 @@ from ..hookspecs import hookimpl
 from .extractor import Feature, FeatureExtractor
 
 
-def mobilenet_v3_backbone(arch: str, *, output_stride: int = 16) -> FeatureExtractor:
+def mobilenet_v3_backbone(
+    arch: str, *, output_stride: int = 16, pretrained: bool = False
+) -> FeatureExtractor:
     """torchvision MobileNetV3 ``features``, returning the first block of every stage (as
     torchvision's segmentation builders pick them) and the last convolution.
 
     Feature names are the block indices in ``features``; ``aux`` is the first stride-8 block, as
     in torchvision. ``output_stride`` 16 dilates the last stage, 32 leaves it as is.
+    ``pretrained`` loads torchvision's IMAGENET1K_V1 weights.
     """
     import torchvision.models as tvm
 
@@ -21,7 +24,8 @@ def mobilenet_v3_backbone(arch: str, *, output_stride: int = 16) -> FeatureExtra
         raise ValueError(
             f"{arch}: output_stride must be 16 (dilated last stage) or 32, got {output_stride!r}"
         )
-    features = getattr(tvm, arch)(weights=None, dilated=output_stride == 16).features
+    weights = "IMAGENET1K_V1" if pretrained else None
+    features = getattr(tvm, arch)(weights=weights, dilated=output_stride == 16).features
     # Strided blocks carry _is_cn; with the stem and the last conv they mark the stages.
     stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
     info = []

@@ -13,12 +13,15 @@ _BOTTLENECK = ("resnet50", "resnet101", "resnet152")
 _BASIC = ("resnet18", "resnet34")
 
 
-def resnet_backbone(arch: str, *, output_stride: int | None = None) -> FeatureExtractor:
+def resnet_backbone(
+    arch: str, *, output_stride: int | None = None, pretrained: bool = False
+) -> FeatureExtractor:
     """torchvision ResNet returning layer1..layer4 (reductions 4, 8, 16, 32 at output stride 32).
 
     ``output_stride`` 8 or 16 dilates the last stages as torchvision's segmentation models do; it
     defaults to 8 for bottleneck ResNets. BasicBlock ResNets (18, 34) cannot be dilated
-    (torchvision refuses it), so they only run at 32.
+    (torchvision refuses it), so they only run at 32. ``pretrained`` loads torchvision's
+    IMAGENET1K_V1 weights (those its segmentation models start from).
     """
     import torchvision.models as tvm
 
@@ -32,7 +35,8 @@ def resnet_backbone(arch: str, *, output_stride: int | None = None) -> FeatureEx
             f"{arch} is built from BasicBlocks, which torchvision cannot dilate: use output_stride=32 "
             "or a bottleneck ResNet (resnet50, resnet101, resnet152)"
         )
-    net = getattr(tvm, arch)(weights=None, replace_stride_with_dilation=_DILATION[output_stride])
+    weights = "IMAGENET1K_V1" if pretrained else None
+    net = getattr(tvm, arch)(weights=weights, replace_stride_with_dilation=_DILATION[output_stride])
     widths = (64, 128, 256, 512) if basic else (256, 512, 1024, 2048)
     reductions = [min(r, output_stride) for r in (4, 8, 16, 32)]
     layers = [f"layer{i}" for i in range(1, 5)]
