@@ -21,17 +21,17 @@ from torch.utils.data import DataLoader
 
 import segzoo
 from segzoo.data import SyntheticSegmentation, collate, eval_transforms, train_transforms
-from segzoo.metrics import ConfusionMatrix
+from segzoo.metrics import ConfusionMatrix, SegmentationMetrics
 
 
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> float:
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> SegmentationMetrics:
     model.eval()
     cm = ConfusionMatrix(num_classes)
     with torch.inference_mode():
         for x, y in loader:
             cm.update(model(x)["out"], y)
     model.train()
-    return cm.compute().miou
+    return cm.compute(loader.dataset.classes)
 
 
 def main() -> None:
@@ -55,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     k = args.num_classes
     train = SyntheticSegmentation(
-        args.n, seed=args.seed, split="train", num_classes=k,
+        args.n, seed=args.seed, split="train", num_classes=k, cache=True,
         transforms=train_transforms(args.size, args.size, scale=tuple(args.scale)), **render,
     )  # fmt: skip
     val = SyntheticSegmentation(
@@ -91,11 +91,15 @@ def main() -> None:
             running = 0.9 * running + 0.1 * loss.item() if step > 1 else loss.item()
             train_time += time.perf_counter() - t0
             if step % args.eval_every == 0 or step == args.steps:
-                miou = evaluate(model, val_loader, k)
-                print(f"{step:5d} {train_time:8.1f} {running:7.3f} {miou:9.3f}", flush=True)
+                metrics = evaluate(model, val_loader, k)
+                print(f"{step:5d} {train_time:8.1f} {running:7.3f} {metrics.miou:9.3f}", flush=True)
             if step == args.steps:
                 break
             t0 = time.perf_counter()
+    print(
+        "per-class IoU: "
+        + ", ".join(f"{n} {v:.3f}" for n, v in zip(metrics.class_names, metrics.iou, strict=True))
+    )
 
 
 if __name__ == "__main__":
