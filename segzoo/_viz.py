@@ -130,6 +130,10 @@ def confusion_matrix_image(matrix: Any, labels: Sequence[str]) -> Image.Image:
         strip = Image.new("RGB", (label_w, cell), (255, 255, 255))
         ImageDraw.Draw(strip).text((4, cell / 2 - 6), name, fill=(0, 0, 0), font=font)
         canvas.paste(strip.rotate(90, expand=True), (left + i * cell, title))
-    draw.text((2, top + n * cell / 2), "true", fill=(0, 0, 0), font=_font(11))
-    draw.text((left + n * cell / 2 - 25, 2), "predicted", fill=(0, 0, 0), font=_font(11))
+    axis_font = _font(11)
+    draw.text((left + (n * cell - axis_font.getlength("predicted")) / 2, 2), "predicted", fill=(0, 0, 0),
+              font=axis_font)  # fmt: skip
+    strip = Image.new("RGB", (math.ceil(axis_font.getlength("true")) + 4, title), (255, 255, 255))
+    ImageDraw.Draw(strip).text((2, 2), "true", fill=(0, 0, 0), font=axis_font)
+    canvas.paste(strip.rotate(90, expand=True), (0, top + (n * cell - strip.width) // 2))
     return canvas

@@ -252,7 +252,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         if not args.data:
             raise ValueError("--data PATH is required (or --format synth for the generated dataset)")
-        data = open_dataset(args.data, args.format, split, num_classes=num_classes)
+        # the model's class count names the classes only where the folder does not
+        named = any((Path(args.data) / f).is_file() for f in ("classes.txt", "classes.json"))
+        data = open_dataset(args.data, args.format, split, num_classes=None if named else num_classes)
         where = args.data
     print(f"evaluating {args.model} on {where} (split {args.split}, {len(data)} images)", file=sys.stderr)
     result = evaluate(model, data, batch_size=args.batch_size, size=args.size, device=device,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import PIL.Image
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -33,7 +34,7 @@ class PadIfSmaller(v2.Transform):
         self.size, self.fill, self.mask_fill = size, fill, mask_fill
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        h, w = F.get_size(next(x for x in flat_inputs if isinstance(x, torch.Tensor | tv_tensors.TVTensor)))
+        h, w = F.get_size(next(x for x in flat_inputs if isinstance(x, torch.Tensor | PIL.Image.Image)))
         return {"padding": [0, 0, max(self.size - w, 0), max(self.size - h, 0)]}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
