@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model_help = "any name segzoo.create accepts: local-dir:DIR, hf-hub:ORG/REPO, NAME or NAME.TAG"
     p = sub.add_parser("predict", help="segment images: palette PNG masks and overlays")
-    p.add_argument("model", help=model_help)
+    p.add_argument("model", metavar="MODEL", help=model_help)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     p.add_argument(
         "--out", required=True, metavar="DIR", help="writes DIR/masks/NAME.png and DIR/overlays/NAME.png"
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="mIoU, accuracies and per-class IoU on a labelled dataset")
-    p.add_argument("model", help=model_help)
+    p.add_argument("model", metavar="MODEL", help=model_help)
     p.add_argument("--data", metavar="PATH", help="dataset folder (not needed with --format synth)")
     p.add_argument("--format", choices=["voc", "folder", "synth"], help="dataset layout (default: detected)")
     p.add_argument(

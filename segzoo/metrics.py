@@ -53,7 +53,8 @@ class SegmentationMetrics:
 class ConfusionMatrix:
     """A ``num_classes x num_classes`` count of (target, prediction) pixel pairs; rows are targets.
 
-    ``update`` runs on the tensors' device with one ``bincount`` and never synchronises with it.
+    ``update`` runs on the tensors' device with elementwise ops and one ``bincount``, without
+    boolean indexing or ``.item()`` (on CUDA, ``bincount`` itself reads its input's maximum).
     Target pixels equal to ``ignore_index`` are skipped; any other target or prediction outside
     ``0..num_classes-1`` is counted apart and makes :meth:`compute` raise, since it means the
     data or the model disagree with ``num_classes``.
@@ -96,10 +97,14 @@ class ConfusionMatrix:
         t = target.reshape(-1).long()
         p = prediction.reshape(-1).to(t.device).long()
         valid = (t >= 0) & (t < n) & (p >= 0) & (p < n)
-        ignored = t == self.ignore_index if self.ignore_index is not None else torch.zeros_like(valid)
-        valid &= ~ignored
-        # a fixed-size index per pixel (no boolean indexing), so nothing waits for the device
-        index = torch.where(valid, t * n + p, torch.where(ignored, n * n, n * n + 1))
+        other = n * n + 1  # the bin of invalid pixels; ignored ones go to n * n
+        if self.ignore_index is not None:
+            ignored = t == self.ignore_index
+            if 0 <= self.ignore_index < n:
+                valid &= ~ignored
+            other = other - ignored.long()
+        # a fixed-size index per pixel (no boolean indexing): no host-device round trip here
+        index = torch.where(valid, t * n + p, other)
         self._counts += torch.bincount(index, minlength=n * n + 2)
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:

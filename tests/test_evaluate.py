@@ -84,7 +84,7 @@ def test_a_perfect_model_scores_one_and_the_result_serialises(tmp_path):
     assert d["miou"] == 1.0 and d["per_class"]["k2"]["iou"] == 1.0
     assert d["confusion_matrix"] == expected.tolist()
     table = result.table()
-    assert "mIoU            100.00" in table and "k3" in table
+    assert "mIoU            100.00" in table and "k3" in table and "left out of the means" not in table
 
 
 def test_a_loader_and_a_dataset_with_transforms_are_used_as_they_are(tmp_path):
@@ -138,6 +138,7 @@ def test_defaults_without_config_and_pil_pairs():
     expected = (200 / 255 - 0.485) / 0.229
     assert model.seen[0][0, 0, 0, 0].item() == pytest.approx(expected, abs=1e-5)
     assert result.metrics.pixel_accuracy == 0.0 and math.isnan(result.metrics.iou[2])
+    assert "class_2       -       -" in result.table() and "left out of the means" in result.table()
 
 
 def test_class_count_mismatch_and_empty_data_are_clear_errors(tmp_path):

@@ -65,7 +65,10 @@ class EvalResult:
         ]
         for name, iou, acc in zip(self.class_names, m.iou, m.accuracy, strict=True):
             lines.append(f"{name.ljust(width)}  {pct(iou):>6}  {pct(acc):>6}")
-        lines.append("(- : the class is in neither the targets nor the predictions; left out of the means)")
+        if any(math.isnan(x) for x in m.iou):
+            lines.append(
+                "(-: the class is in neither the targets nor the predictions; left out of the means)"
+            )
         return "\n".join(lines)
 
 

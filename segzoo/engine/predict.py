@@ -127,6 +127,12 @@ def sliding_window_logits(
     return total / count if len(windows) > 1 else total
 
 
+def _resize(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 def iter_predictions(
     model: nn.Module,
     images: ImageLike | Iterable[ImageLike],
@@ -164,11 +170,7 @@ def iter_predictions(
                     out = model(pad_stack(xs, 0) if len(xs) > 1 else xs[0][None])["out"]
                     logits = [o[:, : x.shape[-2], : x.shape[-1]] for o, x in zip(out, xs, strict=True)]
                 for (name, _), r, lg in zip(chunk, raw, logits, strict=True):
-                    if lg.shape[-2:] != r.shape[-2:]:
-                        lg = F.interpolate(lg[None], size=r.shape[-2:], mode="bilinear", align_corners=False)[
-                            0
-                        ]
-                    yield Prediction(name, r, lg.argmax(0).cpu())
+                    yield Prediction(name, r, _resize(lg, r.shape[-2:]).argmax(0).cpu())
                 bar.update(len(chunk))
     finally:
         model.train(was_training)
