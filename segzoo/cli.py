@@ -243,8 +243,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, device = _load_model(args.model, args.device)
     num_classes = model.config.get("num_classes")
     if args.format == "synth":
-        from .data import SyntheticSegmentation
+        from .data import SYNTHETIC_CLASSES, SyntheticSegmentation
 
+        if not 2 <= num_classes <= len(SYNTHETIC_CLASSES):
+            raise ValueError(
+                f"the synthetic set has 2 to {len(SYNTHETIC_CLASSES)} classes; this model predicts {num_classes}"
+            )
         data = SyntheticSegmentation(args.n, seed=args.seed, split=split, num_classes=num_classes)
         where = f"synthetic n={args.n} seed={args.seed}"
     else:

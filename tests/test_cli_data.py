@@ -11,7 +11,9 @@ from PIL import Image
 
 import segzoo
 from segzoo.cli import main
-from segzoo.data import FolderSegmentation, SyntheticSegmentation
+from segzoo.data import FolderSegmentation, SyntheticSegmentation, VOCSegmentation
+
+from .datagen import write_voc
 
 K = 4
 
@@ -120,3 +122,20 @@ def test_eval_errors_are_one_line(model_dir, synth_dir, tmp_path, capsys):
     assert rc == 2 and "splits/train.txt does not exist" in err
     rc, _, err = run(capsys, "predict", f"local-dir:{model_dir}", tmp_path / "none.png", "--out", tmp_path)
     assert rc == 2 and "none.png does not exist" in err
+
+
+def test_eval_on_a_voc_layout(tmp_path, capsys):
+    voc = write_voc(tmp_path / "voc", n=4)
+    model = segzoo.create("lraspp", backbone="mobilenet_v3_small", num_classes=21)
+    model.config["preprocessing"] = {**model.config["preprocessing"], "resize": 48}
+    model.save_pretrained(tmp_path / "m")
+    rc, out, _ = run(capsys, "eval", f"local-dir:{tmp_path / 'm'}", "--data", tmp_path / "voc", "--format", "voc",
+                     "--json", tmp_path / "r.json", "--batch-size", "2")  # fmt: skip
+    assert rc == 0 and "aeroplane" in out and "tvmonitor" in out
+    rc, _, err = run(capsys, "eval", f"local-dir:{tmp_path / 'm'}", "--format", "synth")
+    assert rc == 2 and "the synthetic set has 2 to 6 classes; this model predicts 21" in err
+    result = json.loads((tmp_path / "r.json").read_text())
+    expected = segzoo.evaluate(
+        segzoo.create(f"local-dir:{tmp_path / 'm'}"), VOCSegmentation(voc, "val"), batch_size=2
+    )
+    assert result["confusion_matrix"] == expected.confusion_matrix.tolist() and result["images"] == 2

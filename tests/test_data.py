@@ -44,6 +44,8 @@ def test_voc_layout_reads_splits_images_and_palette_masks(tmp_path):
     assert 255 in mask.unique().tolist()  # the ignore index survives
     assert detect_format(tmp_path / "VOCdevkit") == "voc"
     assert len(open_dataset(voc, split="train")) == 2
+    with pytest.raises(ValueError, match=r"read by split"):
+        open_dataset(voc, split=None)
 
 
 @pytest.mark.parametrize("classes_file", ["txt", "json"])

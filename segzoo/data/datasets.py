@@ -75,9 +75,9 @@ class SegmentationDataset(Dataset):
                 f"{self.describe(index)}: the mask is {mw}x{mh} but the image is {w}x{h} (width x height): "
                 "a mask must have its image's size, pixel for pixel"
             )
-        bad = (mask >= self.num_classes) & (mask != self.ignore_index) | (mask < 0)
+        bad = ((mask >= self.num_classes) & (mask != self.ignore_index)) | (mask < 0)
         if bad.any():
-            values = sorted(set(mask[bad].unique().tolist()))
+            values = mask[bad].unique().tolist()
             raise DataError(
                 f"{self.describe(index)}: the mask has values {values[:10]} outside the "
                 f"{self.num_classes} classes 0..{self.num_classes - 1} (and ignore_index {self.ignore_index}): "
@@ -287,7 +287,9 @@ def open_dataset(
     """A dataset on disk, its format (``"voc"`` or ``"folder"``) detected when not given."""
     fmt = format or detect_format(root)
     if fmt == "voc":
-        return VOCSegmentation(root, split or "val", transforms=transforms)
+        if split is None:
+            raise ValueError("a Pascal VOC dataset is read by split: name one (train, val, ...)")
+        return VOCSegmentation(root, split, transforms=transforms)
     if fmt == "folder":
         return FolderSegmentation(root, split, num_classes=num_classes, transforms=transforms)
     raise ValueError(f"unknown dataset format {fmt!r}: use 'voc' or 'folder'")
