@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -301,8 +302,27 @@ def download_folder(
 ) -> Path:
     """config.json and model.safetensors of a Hub repo, through the huggingface_hub cache.
 
-    Honours ``HF_ENDPOINT`` and ``HF_HUB_OFFLINE`` (cache only). Returns the snapshot folder.
+    Both come from one commit: model.safetensors is fetched at the commit config.json resolved to,
+    so a push to the branch in between cannot mix two versions. Honours ``HF_ENDPOINT`` and
+    ``HF_HUB_OFFLINE`` (cache only). Returns the snapshot folder.
     """
+    config = _download(repo_id, CONFIG_NAME, revision, token=token, asked=revision)
+    commit = config.parent.name  # the cache keeps a commit's files in snapshots/<commit sha>/
+    pinned = commit if re.fullmatch(r"[0-9a-f]{40}", commit) else revision
+    weights = _download(repo_id, WEIGHTS_NAME, pinned, token=token, asked=revision)
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    if sha256 is not None:
+        _check_sha256(weights, sha256, f"{where}/{WEIGHTS_NAME}")
+    if weights.parent != config.parent:
+        raise FolderFormatError(f"{where}: config.json and model.safetensors resolved to different snapshots")
+    return config.parent
+
+
+def _download(
+    repo_id: str, filename: str, revision: str | None, *, token: str | None, asked: str | None
+) -> Path:
+    """One file through hf_hub_download; a missing repo, revision or file is one HubNotFoundError
+    naming what the caller asked for (``asked``: their revision, ``revision`` may be its commit)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -311,41 +331,33 @@ def download_folder(
         RevisionNotFoundError,
     )
 
-    where = f"{repo_id}@{revision}" if revision else repo_id
-    paths = {}
-    for filename in (CONFIG_NAME, WEIGHTS_NAME):
-        try:
-            paths[filename] = Path(
-                hf_hub_download(
-                    repo_id,
-                    filename,
-                    revision=revision,
-                    token=token,
-                    library_name="segzoo",
-                    library_version=__version__,
-                )
+    where = f"{repo_id}@{asked}" if asked else repo_id
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                token=token,
+                library_name="segzoo",
+                library_version=__version__,
             )
-        except RevisionNotFoundError:
-            raise HubNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
-        except RepositoryNotFoundError:
-            raise HubNotFoundError(
-                f"Hub repo {repo_id!r} does not exist, or is private (pass token=... or set HF_TOKEN)"
-            ) from None
-        except LocalEntryNotFoundError:
-            raise HubNotFoundError(
-                f"{filename} of {where} is not in the local cache and the Hub cannot be reached "
-                "(HF_HUB_OFFLINE is set, or no network): download it once online"
-            ) from None
-        except EntryNotFoundError:
-            raise HubNotFoundError(
-                f"Hub repo {where} has no {filename}: it is not a segzoo model folder"
-            ) from None
-    if sha256 is not None:
-        _check_sha256(paths[WEIGHTS_NAME], sha256, f"{where}/{WEIGHTS_NAME}")
-    folder = paths[CONFIG_NAME].parent
-    if paths[WEIGHTS_NAME].parent != folder:
-        raise FolderFormatError(f"{where}: config.json and model.safetensors resolved to different snapshots")
-    return folder
+        )
+    except RevisionNotFoundError:
+        raise HubNotFoundError(f"Hub repo {repo_id!r} has no revision {asked!r}") from None
+    except RepositoryNotFoundError:
+        raise HubNotFoundError(
+            f"Hub repo {repo_id!r} does not exist, or is private (pass token=... or set HF_TOKEN)"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise HubNotFoundError(
+            f"{filename} of {where} is not in the local cache and the Hub cannot be reached "
+            "(HF_HUB_OFFLINE is set, or no network): download it once online"
+        ) from None
+    except EntryNotFoundError:
+        raise HubNotFoundError(
+            f"Hub repo {where} has no {filename}: it is not a segzoo model folder"
+        ) from None
 
 
 def _check_sha256(path: Path, expected: str, what: str) -> None:

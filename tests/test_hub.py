@@ -171,6 +171,26 @@ def test_revision_pinning_by_sha_branch_and_tag(olah, mirrors, tiny, hub_env):
         assert torch.equal(out(model), tiny[version].out), revision
 
 
+def test_a_push_between_the_two_downloads_does_not_mix_commits(olah, mirrors, tiny, hub_env, monkeypatch):
+    """config.json and model.safetensors come from one commit even if the branch moves between
+    the two downloads."""
+    import huggingface_hub
+
+    repo = "segzoo-test/moving"
+    mirrors.commit_folder(repo, tiny[0].files)
+    real_download = huggingface_hub.hf_hub_download
+
+    def download_then_push(repo_id: str, filename: str, **kwargs):
+        path = real_download(repo_id, filename, **kwargs)
+        if filename == "config.json":
+            mirrors.commit_folder(repo, tiny[1].files, message="pushed meanwhile")
+        return path
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download_then_push)
+    hub_env(olah.url)
+    assert torch.equal(out(segzoo.create(f"hf-hub:{repo}")), tiny[0].out)
+
+
 # -- weight tags --------------------------------------------------------------------------------
 
 
