@@ -326,6 +326,7 @@ def _download(
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        GatedRepoError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -345,10 +346,13 @@ def _download(
         )
     except RevisionNotFoundError:
         raise HubNotFoundError(f"Hub repo {repo_id!r} has no revision {asked!r}") from None
-    except RepositoryNotFoundError:
+    except GatedRepoError:
         raise HubNotFoundError(
-            f"Hub repo {repo_id!r} does not exist, or is private (pass token=... or set HF_TOKEN)"
+            f"Hub repo {repo_id!r} is gated: accept its conditions on the Hub, then pass token=... "
+            "or set HF_TOKEN"
         ) from None
+    except RepositoryNotFoundError:
+        raise HubNotFoundError(_what_is_missing(repo_id, filename, asked, token)) from None
     except LocalEntryNotFoundError:
         raise HubNotFoundError(
             f"{filename} of {where} is not in the local cache and the Hub cannot be reached "
@@ -358,6 +362,22 @@ def _download(
         raise HubNotFoundError(
             f"Hub repo {where} has no {filename}: it is not a segzoo model folder"
         ) from None
+
+
+def _what_is_missing(repo_id: str, filename: str, revision: str | None, token: str | None) -> str:
+    """The message for a RepoNotFound answer. The Hub gives it for the repo only, but a mirror may
+    give it for any miss (olah serving git repositories offline does for a missing branch, or a
+    file missing on a branch), so the repo's refs decide between repo, revision and file."""
+    from huggingface_hub import HfApi
+
+    try:
+        refs = HfApi(token=token, library_name="segzoo", library_version=__version__).list_repo_refs(repo_id)
+    except Exception:  # the repo is missing or private indeed (or the server went away): say that
+        return f"Hub repo {repo_id!r} does not exist, or is private (pass token=... or set HF_TOKEN)"
+    if (revision or "main") not in {ref.name for ref in (*refs.branches, *refs.tags)}:
+        return f"Hub repo {repo_id!r} has no revision {revision or 'main'!r}"
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    return f"Hub repo {where} has no {filename}: it is not a segzoo model folder"
 
 
 def _check_sha256(path: Path, expected: str, what: str) -> None:

@@ -191,6 +191,67 @@ def test_a_push_between_the_two_downloads_does_not_mix_commits(olah, mirrors, ti
     assert torch.equal(out(segzoo.create(f"hf-hub:{repo}")), tiny[0].out)
 
 
+@pytest.fixture(scope="module")
+def broken_repos(mirrors: GitMirrors, tiny: list[Tiny]) -> dict[str, str]:
+    """Repositories that are not whole segzoo folders; name -> the commit."""
+    weights_only = {"model.safetensors": tiny[0].files["model.safetensors"]}
+    no_weights = {k: v for k, v in tiny[0].files.items() if k != "model.safetensors"}
+    return {
+        "segzoo-test/no-config": mirrors.commit_folder("segzoo-test/no-config", weights_only),
+        "segzoo-test/no-weights": mirrors.commit_folder("segzoo-test/no-weights", no_weights),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "segzoo-test/does-not-exist",
+            "Hub repo 'segzoo-test/does-not-exist' does not exist, or is private (pass token=... or set HF_TOKEN)",
+        ),
+        (
+            "segzoo-test/no-weights@no-such-branch",
+            "Hub repo 'segzoo-test/no-weights' has no revision 'no-such-branch'",
+        ),
+        (
+            "segzoo-test/no-weights",
+            "Hub repo segzoo-test/no-weights has no model.safetensors: it is not a segzoo model folder",
+        ),
+        (
+            "segzoo-test/no-weights@{commit}",
+            "Hub repo segzoo-test/no-weights@{commit} has no model.safetensors: it is not a segzoo model folder",
+        ),
+        (
+            "segzoo-test/no-config",
+            "Hub repo segzoo-test/no-config has no config.json: it is not a segzoo model folder",
+        ),
+    ],
+)
+def test_a_missing_repo_revision_or_file_is_one_clear_error(olah, broken_repos, hub_env, name, message):
+    commit = broken_repos["segzoo-test/no-weights"]
+    hub_env(olah.url)
+    with pytest.raises(HubNotFoundError) as info:
+        segzoo.create(f"hf-hub:{name.format(commit=commit)}")
+    assert str(info.value) == message.format(commit=commit)
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # no chained traceback
+
+
+def test_a_gated_repo_is_not_reported_as_missing_something(hub_env, monkeypatch):
+    """No server here gates repos, so huggingface_hub's answer for one is stubbed: segzoo must say
+    "gated" rather than look for a missing revision or file."""
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError
+
+    def gated(repo_id: str, filename: str, **kwargs):
+        request = httpx2.Request("HEAD", f"{NOWHERE}/{repo_id}/resolve/main/{filename}")
+        raise GatedRepoError("403 Client Error", response=httpx2.Response(403, request=request))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    with pytest.raises(HubNotFoundError, match=r"^Hub repo 'org/gated' is gated: accept its conditions"):
+        segzoo.create("hf-hub:org/gated")
+
+
 # -- weight tags --------------------------------------------------------------------------------
 
 
@@ -288,6 +349,8 @@ def test_push_to_a_branch_of_a_new_private_repo(olah, fake, tiny, hub_env):
 
     hub_env(olah.url)
     assert torch.equal(out(segzoo.create(f"hf-hub:{repo}@dev")), tiny[1].out)
+    with pytest.raises(HubNotFoundError, match=f"Hub repo {repo} has no config.json"):
+        segzoo.create(f"hf-hub:{repo}")  # main holds only .gitattributes
 
 
 def test_the_fake_refuses_a_commit_of_an_object_never_uploaded(fake, tiny, hub_env, monkeypatch):
