@@ -381,12 +381,10 @@ def _what_is_missing(repo_id: str, filename: str, revision: str | None, token: s
 
 
 def _check_sha256(path: Path, expected: str, what: str) -> None:
+    """Hash the bytes on disk. (The cache names a blob after the ETag the server announced, and
+    huggingface_hub checks only the size: a name is no proof of content.)"""
     import hashlib
 
-    # The Hub cache names LFS blobs by their sha256: compare without reading the file when it is one.
-    blob = Path(os.path.realpath(path)).name
-    if len(blob) == 64 and blob.startswith(expected.lower()):
-        return
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):

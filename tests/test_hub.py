@@ -276,6 +276,23 @@ def test_a_weight_tag_loads_its_pinned_revision_and_checks_sha256(olah, mirrors,
     )
 
 
+def test_a_corrupted_cached_file_fails_the_tags_sha256(olah, mirrors, tiny, hub_env, tmp_path):
+    """The cache names the blob after the sha256 the server announced; the check must hash the
+    bytes actually on disk."""
+    repo = "segzoo-test/corrupted"
+    first = mirrors.commit_folder(repo, tiny[0].files)
+    tags = {"v1": {"hf_hub_id": repo, "revision": first, "sha256": tiny[0].sha256, "num_classes": 3}}
+    hub_env(olah.url)
+    with plugin(HubTags(tags), "hub-corrupt"):
+        segzoo.create("hubtoy.v1", pretrained=True)
+        blob = tmp_path / "hf-cache" / "models--segzoo-test--corrupted" / "blobs" / tiny[0].sha256
+        data = bytearray(blob.read_bytes())
+        data[-1] ^= 0xFF  # a bit flip in the last weight: still a valid safetensors file
+        blob.write_bytes(bytes(data))
+        with pytest.raises(FolderFormatError, match=f"sha256 mismatch for {repo}@{first}/model.safetensors"):
+            segzoo.create("hubtoy.v1", pretrained=True)
+
+
 def test_offline_with_a_seeded_cache_makes_no_network_call(mirrors, tiny, hub_env, tmp_path, monkeypatch):
     repo = "segzoo-test/offline"
     first = mirrors.commit_folder(repo, tiny[0].files)
