@@ -39,6 +39,10 @@ class HubNotFoundError(FileNotFoundError):
     """A Hub repository, revision or file that does not exist, or is not cached while offline."""
 
 
+class HubAccessError(PermissionError):
+    """The Hub refused a push: no token, a wrong one, or one without write access."""
+
+
 # -- writing ------------------------------------------------------------------------------------
 
 
@@ -406,6 +410,7 @@ def push_to_hub(
     """Create the repo if needed and push model.safetensors, config.json and a regenerated
     README.md in one commit; returns the commit's URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
     from .model import SegmentationModel
 
@@ -420,17 +425,32 @@ def push_to_hub(
             folder / WEIGHTS_NAME, save_id=config.get("save_id")
         )  # refuse to push a broken folder
         card = render_card(config, repo_id)  # regenerated, so that it always matches config.json
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = api.create_commit(
-            repo_id,
-            operations=[
-                CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(folder / WEIGHTS_NAME)),
-                CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(folder / CONFIG_NAME)),
-                CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode()),
-            ],
-            commit_message=commit_message or f"Upload {config.get('recipe') or config['head']} with segzoo",
-            revision=revision,
-        )
+        step = f"create {repo_id}"
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision is not None:
+                step = f"create branch {revision!r} of {repo_id}"
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            step = f"commit to {repo_id}" + (f"@{revision}" if revision else "")
+            info = api.create_commit(
+                repo_id,
+                operations=[
+                    CommitOperationAdd(path_in_repo=WEIGHTS_NAME, path_or_fileobj=str(folder / WEIGHTS_NAME)),
+                    CommitOperationAdd(path_in_repo=CONFIG_NAME, path_or_fileobj=str(folder / CONFIG_NAME)),
+                    CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode()),
+                ],
+                commit_message=commit_message
+                or f"Upload {config.get('recipe') or config['head']} with segzoo",
+                revision=revision,
+            )
+        except HfHubHTTPError as err:
+            status = err.response.status_code
+            if status not in (401, 403):
+                raise
+            reason = (err.server_message or "").strip().splitlines()
+            raise HubAccessError(
+                f"the Hub refused to {step} (HTTP {status}{': ' + reason[0] if reason else ''}): pass "
+                f"token=... (segzoo push --token) or set HF_TOKEN, a token with write access to "
+                f"{repo_id.split('/')[0]}"
+            ) from None
     return str(info.commit_url)

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import segzoo
+from segzoo.cli import main as cli_main
 from segzoo.hub import FolderFormatError, HubNotFoundError
 
 from .conftest import plugin
@@ -443,3 +444,19 @@ def test_segzoo_push_cli_in_a_fresh_interpreter(olah, fake, tiny, hub_env, tmp_p
 
     hub_env(olah.url)
     assert torch.equal(out(segzoo.create(f"hf-hub:{repo}@dev")), tiny[0].out)
+
+
+def test_segzoo_push_cli_errors_are_one_line(fake, tiny, hub_env, tmp_path, capsys):
+    folder = tiny[0].model.save_pretrained(tmp_path / "folder")
+    hub_env(fake.url)
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["push", str(tmp_path / "empty"), "segzoo-cli/errors", "--token", fake.token]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"segzoo push: error: {tmp_path / 'empty'} has no config.json")
+    assert err.count("\n") == 1
+
+    assert cli_main(["push", str(folder), "segzoo-cli/errors", "--token", "hf_wrong"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segzoo push: error: the Hub refused to create segzoo-cli/errors (HTTP 401")
+    assert "--token" in err and err.count("\n") == 1
+    assert fake.commits == [] and "segzoo-cli/errors" not in fake.repos
