@@ -232,11 +232,19 @@ class OlahServer:
     """olah offline on 127.0.0.1, serving the git repositories under ``mirrors_root``.
 
     In offline mode olah answers ``/{repo}/resolve/{rev}/{file}`` (HEAD with X-Repo-Commit, an
-    ETag that is the sha256 for LFS files, and GET) and ``/api/models/{repo}/refs`` and
-    ``/revision/{rev}`` from the local repositories. A miss on a *branch* name (no such branch, or
-    no such file on it) falls through to its offline cache and comes back as 401 RepoNotFound; a
-    file missing at a full commit sha comes back as 404 EntryNotFound; a full sha that does not
-    exist makes it answer 500 (``LocalMirrorRepo.get_file_head`` only catches ``BadName``).
+    ETag that is the sha256 for LFS files, and GET), ``/api/models/{repo}/refs`` and
+    ``/api/models/{repo}/revision/{rev}`` from the local repositories. What it does not:
+
+    - a miss on a *branch* name (no such branch, or no such file on it) falls through to its
+      offline cache of upstream metadata, finds nothing and answers 401 RepoNotFound, so the
+      client cannot tell repo, revision and file apart (segzoo asks for the refs then);
+    - ``/api/models/{repo}`` without a revision looks for the newest commit in that cache only,
+      so ``repo_info(repo_id)`` is RepoNotFound for every local repository;
+    - a full commit sha that does not exist makes it answer 500 after the client's retries
+      (``LocalMirrorRepo.get_file_head`` catches GitPython's ``BadName`` but not the
+      ``ValueError`` it raises there), so no test asks for one.
+
+    A file missing at an existing full sha is a proper 404 EntryNotFound.
     """
 
     def __init__(self, mirrors_root: Path, workdir: Path) -> None:
@@ -275,9 +283,13 @@ class OlahServer:
                     cwd=self.workdir,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,
                 )
-            if self._wait_ready(timeout):
+            try:
+                ready = self._wait_ready(timeout)
+            except BaseException:
+                self.stop()
+                raise
+            if ready:
                 return self
             self.stop()
         raise RuntimeError(f"olah did not start; its log:\n{self.log.read_text()[-4000:]}")
@@ -342,7 +354,7 @@ class CommitRecord:
     branch: str
     oid: str
     summary: str
-    files: dict[str, str]  # path -> "lfs" or "regular"
+    files: dict[str, str]  # path -> "lfs", "regular" or "deleted"
 
 
 Route = tuple[str, re.Pattern, Callable[..., Any]]
