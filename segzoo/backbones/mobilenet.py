@@ -36,7 +36,11 @@ def mobilenet_v3_backbone(
         info.append(Feature(str(i), features[i].out_channels, reduction, str(i)))
     aux = str(stages[-4])
     return FeatureExtractor(
-        features, [f.name for f in info], feature_info=info, roles={"aux": aux, "low": aux}
+        features,
+        [f.name for f in info],
+        feature_info=info,
+        roles={"aux": aux, "low": aux},
+        cache_key=("torchvision", arch, output_stride),
     )
 
 

@@ -41,7 +41,7 @@ def resnet_backbone(
     reductions = [min(r, output_stride) for r in (4, 8, 16, 32)]
     layers = [f"layer{i}" for i in range(1, 5)]
     info = [Feature(n, c, r, n) for n, c, r in zip(layers, widths, reductions, strict=True)]
-    return FeatureExtractor(net, layers, feature_info=info)
+    return FeatureExtractor(net, layers, feature_info=info, cache_key=("torchvision", arch, output_stride))
 
 
 @hookimpl
