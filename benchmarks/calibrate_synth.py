@@ -5,7 +5,7 @@ reference train/eval presets at a small base size, BatchNorm momentum 0.1 (torch
 MobileNetV3 uses 0.01, too slow for a few hundred steps). Prints eval-mode val mIoU against
 wall-clock seconds of training.
 
-    python benchmarks/calibrate_synth.py --steps 400 --eval-every 50
+    python benchmarks/calibrate_synth.py [--scale 0.75 1.5] [--render '{"colour_cue": 0.0}']
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def main() -> None:
     p.add_argument("--num-classes", type=int, default=6)
     p.add_argument("--size", type=int, default=128, help="base size of the presets and crop size")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--steps", type=int, default=400)
-    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--scale", type=float, nargs=2, default=(0.5, 2.0), help="random-resize range")
     p.add_argument("--render", default="{}", help="JSON keyword arguments of segzoo.data.synthetic.render")
