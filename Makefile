@@ -29,7 +29,6 @@ test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m segzoo list
 	$(PY) -m segzoo demo
 
 clean:

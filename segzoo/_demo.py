@@ -1,43 +1,78 @@
-"""``segzoo demo``: every registered model on a generated image, with output shapes and times."""
+"""``segzoo demo``: the whole pipeline, offline, on the embedded synthetic dataset.
+
+Generate data, fine-tune a small zoo model on the CPU, evaluate it, save and reload it as a segzoo
+folder, predict on held-out images. Every step is a ``segzoo`` command, printed before it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
+import shutil
+import sys
 import time
+from pathlib import Path
 
-import torch
+MARKER = ".segzoo-demo"  # only a folder the demo made is ever deleted by it
+
+# lraspp_mobilenet_v3_large from random init on 800 synthetic 96-160 px images: 300 AdamW steps of
+# 16 images at 128 px reach a val mIoU of about 0.93 in under two minutes on two cores.
+TRAIN = [
+    "lraspp_mobilenet_v3_large", "--format", "folder", "--max-steps", "300", "--batch-size", "16",
+    "--base-size", "128", "--crop-size", "128", "--scale", "0.75", "1.5", "--optimizer", "adamw",
+    "--lr", "5e-3", "--weight-decay", "1e-4", "--warmup-steps", "30", "--bn-momentum", "0.1",
+    "--eval-every-steps", "100", "--checkpoint-every", "100", "--log-every", "25", "--workers", "0",
+    "--seed", "0",
+]  # fmt: skip
+TARGET_MIOU = 0.90
 
 
-def synthetic_image(size: int, seed: int = 0) -> torch.Tensor:
-    """A 1 x 3 x size x size image of smooth colour gradients and a few discs, ImageNet-normalised."""
-    g = torch.Generator().manual_seed(seed)
-    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    img = torch.stack([xs, ys, (xs + ys) / 2])
-    for _ in range(4):
-        cy, cx, r = torch.rand(3, generator=g) * torch.tensor([1.0, 1.0, 0.3])
-        mask = (ys - cy) ** 2 + (xs - cx) ** 2 < r**2
-        img[:, mask] = torch.rand(3, 1, generator=g)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    return ((img - mean) / std).unsqueeze(0)
+def _run(argv: list[str]) -> None:
+    from .cli import main
+
+    print(f"\n$ segzoo {shlex.join(argv)}", flush=True)
+    rc = main(argv)
+    if rc != 0:
+        raise SystemExit(rc)
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import segzoo
-    from segzoo.cli import table
+    import torch
 
-    x = synthetic_image(args.size)
-    rows = []
-    for name in segzoo.list_models():
-        t0 = time.perf_counter()
-        model = segzoo.create(name).eval()
-        t1 = time.perf_counter()
-        with torch.inference_mode():
-            out = model(x)
-        t2 = time.perf_counter()
-        params = sum(p.numel() for p in model.parameters())
-        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in out.items())
-        rows.append([name, f"{params / 1e6:.1f}M", shapes, f"{t1 - t0:.2f}", f"{(t2 - t1) * 1000:.0f}"])
-    print(f"Every registered model on one generated {args.size}x{args.size} image (random weights, CPU):")
-    print(table(rows, ["MODEL", "PARAMS", "OUTPUT", "BUILD s", "FORWARD ms"]))
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    out = Path(args.out)
+    if out.exists():
+        if not (out / MARKER).exists():
+            raise FileExistsError(f"{out} exists and was not made by the demo: choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / MARKER).write_text("made by `segzoo demo`; deleted by its next run\n")
+    data, heldout, run = out / "data", out / "heldout", out / "run"
+    best = run / "best"
+    t0 = time.perf_counter()
+
+    print("segzoo demo: every step runs offline on the CPU; the commands are the ones you would type.")
+    _run(["list", "--models"])
+    _run(["data", "synth", str(data), "--n", str(args.n), "--seed", "0"])
+    _run(["train", *TRAIN[:1], "--data", str(data), *TRAIN[1:], "--output", str(run), "--no-progress"])
+    _run(
+        ["eval", f"local-dir:{best}", "--data", str(data), "--split", "val", "--json", str(out / "eval.json")]
+    )
+    _run(["data", "synth", str(heldout), "--n", "8", "--seed", "1"])
+    _run(["predict", f"local-dir:{best}", str(heldout / "images"), "--out", str(out / "predictions")])
+
+    miou = json.loads((out / "eval.json").read_text())["miou"]
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"""
+Done in {minutes:.1f} min. Validation mIoU {miou:.4f} (target {TARGET_MIOU}).
+  dataset           {data}  (images/, masks/, classes.txt, splits/)
+  training run      {run}  (metrics.jsonl, checkpoints)
+  trained model     {best}  (model.safetensors, config.json, README.md model card)
+  evaluation        {out / "eval.json"}, confusion matrix {out / "eval.confusion.png"}
+  predictions       {out / "predictions"}/masks and /overlays for the held-out images in {heldout / "images"}
+Reload the model anywhere with segzoo.create("local-dir:{best}").""")
+    if miou < TARGET_MIOU:
+        print(f"segzoo demo: validation mIoU {miou:.4f} is below {TARGET_MIOU}", file=sys.stderr)
+        return 1
     return 0

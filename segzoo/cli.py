@@ -196,6 +196,45 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .engine.train import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    result = train(cfg)
+    if result.best_dir is not None:
+        print(f"best val mIoU {result.best_miou:.4f} after {result.steps} steps: {result.best_dir}")
+    return 0
+
+
+def _add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field, so the CLI and the Python API cannot drift apart."""
+    import dataclasses
+    import typing
+
+    from .engine.train import FIELD_HELP, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model":
+            p.add_argument("model", help=FIELD_HELP["model"])
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
+        default = f.default if f.default is not dataclasses.MISSING else None
+        helptext = f"{FIELD_HELP.get(f.name, '')} (default: {default})"
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif typing.get_origin(base) is tuple:
+            p.add_argument(flag, type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help=helptext)
+        else:
+            p.add_argument(flag, type=base, default=None, help=helptext)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
@@ -283,7 +322,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     from .data import write_synthetic
 
     out = write_synthetic(args.out, args.n, seed=args.seed, num_classes=args.num_classes,
-                          val_fraction=args.val_fraction, progress=lambda it: tqdm(it, unit="img"))  # fmt: skip
+                          val_fraction=args.val_fraction, progress=lambda it: tqdm(it, unit="img", disable=None))  # fmt: skip
     print(f"wrote {args.n} samples to {out} (images/, masks/, classes.txt, splits/train.txt, splits/val.txt)")
     return 0
 
@@ -336,8 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
     p.set_defaults(func=cmd_push)
 
-    p = sub.add_parser("demo", help="run every registered model on a generated image")
-    p.add_argument("--size", type=int, default=256, help="image side in pixels")
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a model (runs under torchrun too)",
+        description="Train or fine-tune any model segzoo.create accepts, with torchvision's reference "
+        "recipe by default. Under torchrun --nproc_per_node=N it trains with DistributedDataParallel.",
+    )
+    _add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "demo", help="the whole pipeline offline: synthetic data, train, eval, save, reload, predict"
+    )
+    p.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    p.add_argument("--n", type=int, default=1000, help="synthetic samples to train and validate on")
     p.set_defaults(func=cmd_demo)
 
     model_help = "any name segzoo.create accepts: local-dir:DIR, hf-hub:ORG/REPO, NAME or NAME.TAG"

@@ -68,9 +68,16 @@ def train_transforms(
     """torchvision's training preset: resize the shorter side to a random size in
     ``scale x base_size``, flip horizontally, pad (masks with ``ignore_index``) and crop
     ``crop_size`` at random, then scale to [0, 1] and normalise."""
-    tfs: list[v2.Transform] = [
-        v2.RandomResize(int(scale[0] * base_size), int(scale[1] * base_size), interpolation=interpolation)
-    ]
+    low, high = int(scale[0] * base_size), int(scale[1] * base_size)
+    if not 0 < low <= high:
+        raise ValueError(f"scale must be two positive factors, low <= high, got {tuple(scale)}")
+    # RandomResize draws from [low, high), which is empty for a fixed scale such as (1.0, 1.0)
+    resize = (
+        v2.RandomResize(low, high, interpolation=interpolation)
+        if low < high
+        else v2.Resize(low, interpolation=interpolation)
+    )
+    tfs: list[v2.Transform] = [resize]
     if hflip_prob > 0:
         tfs.append(v2.RandomHorizontalFlip(hflip_prob))
     tfs += [PadIfSmaller(crop_size, fill=0, mask_fill=ignore_index), v2.RandomCrop(crop_size)]

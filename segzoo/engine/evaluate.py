@@ -159,7 +159,10 @@ def evaluate(
     model.eval()
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     try:
-        with torch.inference_mode(), tqdm(total=total, unit="batch", disable=not progress) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=total, unit="batch", disable=None if progress else True) as bar,
+        ):
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 out = model(x)["out"]

@@ -159,7 +159,10 @@ def iter_predictions(
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), tqdm(total=len(sources), unit="img", disable=not progress) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(sources), unit="img", disable=None if progress else True) as bar,
+        ):
             for i in range(0, len(sources), batch_size):
                 chunk = sources[i : i + batch_size]
                 raw = [_to_uint8(src) for _, src in chunk]
