@@ -8,6 +8,7 @@ from ._factory import create, list_backbones, list_heads, list_models, model_inf
 from .backbones.extractor import Feature, FeatureExtractor, FeatureInfo
 from .engine.evaluate import evaluate
 from .engine.predict import predict
+from .engine.train import TrainConfig, train
 from .hookspecs import hookimpl
 from .model import SegmentationModel
 
@@ -16,6 +17,7 @@ __all__ = [
     "FeatureExtractor",
     "FeatureInfo",
     "SegmentationModel",
+    "TrainConfig",
     "__version__",
     "create",
     "evaluate",
@@ -25,4 +27,5 @@ __all__ = [
     "list_models",
     "model_info",
     "predict",
+    "train",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import linecache
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -133,31 +133,6 @@ class _StopForward(BaseException):
 
 
 _fx_counter = itertools.count()
-_TRACE_CACHE: dict[Hashable, tuple[tuple[torch.fx.Graph, torch.fx.Graph], tuple[Callable, Callable]]] = {}
-
-
-def _used_attributes(module: nn.Module, graphs: Sequence[torch.fx.Graph]) -> nn.Module:
-    """A module tree holding exactly the modules, parameters and buffers the graphs use, under
-    their original paths (what torch.fx.GraphModule builds, without tracing again). Train graph
-    first, as torchvision's DualGraphModule does, so the state_dict order is the same."""
-    root = nn.Module()
-    for graph in graphs:
-        for node in graph.nodes:
-            if node.op not in ("call_module", "get_attr"):
-                continue
-            *path, field = node.target.split(".")
-            src, dst = module, root
-            for item in path:
-                src = getattr(src, item)
-                if item not in dst._modules:
-                    dst.add_module(item, nn.Module())  # a plain container, as GraphModule makes
-                dst = dst._modules[item]
-            value = getattr(src, field)
-            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
-                dst.register_buffer(field, value, persistent=field not in src._non_persistent_buffers_set)
-            else:
-                setattr(dst, field, value)
-    return root
 
 
 def _compile_graph(graph: torch.fx.Graph) -> Callable[..., dict[str, Tensor]]:
@@ -186,10 +161,6 @@ class FeatureExtractor(nn.Module):
     ``module.conv1.weight``), so its checkpoints load into the extractor as they are.
     ``feature_info`` gives each feature's channels and reduction; it is measured with one forward
     on the meta device unless passed in.
-
-    Tracing a large network takes a noticeable fraction of a second. Modules built the same way
-    trace the same: a builder that passes a ``cache_key`` (e.g. ``("resnet101", 8)``) traces once
-    per process and reuses the compiled graphs for every later instance.
     """
 
     def __init__(
@@ -202,7 +173,6 @@ class FeatureExtractor(nn.Module):
         tracer_kwargs: dict[str, Any] | None = None,
         feature_info: Sequence[Feature] | None = None,
         probe_size: int = 256,
-        cache_key: Hashable | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -218,7 +188,7 @@ class FeatureExtractor(nn.Module):
 
         if method in ("auto", "fx"):
             try:
-                self._init_fx(module, nodes, tracer_kwargs, cache_key)
+                self._init_fx(module, nodes, tracer_kwargs)
                 method = "fx"
             except Exception as err:
                 if method == "fx" or not all(_has_submodule(module, n) for n in nodes):
@@ -245,30 +215,18 @@ class FeatureExtractor(nn.Module):
 
     # -- construction -------------------------------------------------------------------------
 
-    def _init_fx(
-        self, module: nn.Module, nodes: dict[str, str], tracer_kwargs: dict | None, cache_key: Hashable | None
-    ) -> None:
-        key = None if cache_key is None else (cache_key, tuple(nodes.items()))
-        cached = _TRACE_CACHE.get(key) if key is not None else None
-        if cached is None:
-            from torchvision.models.feature_extraction import create_feature_extractor
+    def _init_fx(self, module: nn.Module, nodes: dict[str, str], tracer_kwargs: dict | None) -> None:
+        from torchvision.models.feature_extraction import create_feature_extractor
 
-            gm = create_feature_extractor(
-                module, return_nodes=dict(nodes), tracer_kwargs=tracer_kwargs, suppress_diff_warning=True
-            )
-            graphs = (gm.eval_graph, gm.train_graph)
-            for g in graphs:
-                g.owning_module = None  # the extractor, not the GraphModule, owns the modules now
-            forwards = tuple(_compile_graph(g) for g in graphs)
-            body: nn.Module = gm
-            if key is not None:
-                _TRACE_CACHE[key] = (graphs, forwards)
-        else:
-            graphs, forwards = cached
-            body = _used_attributes(module, (graphs[1], graphs[0]))
-        self._share_state(body)
+        gm = create_feature_extractor(
+            module, return_nodes=dict(nodes), tracer_kwargs=tracer_kwargs, suppress_diff_warning=True
+        )
+        graphs = (gm.eval_graph, gm.train_graph)
+        for g in graphs:
+            g.owning_module = None  # the extractor, not the GraphModule, owns the modules now
+        self._share_state(gm)
         self._graphs = graphs
-        self._fx_forward = forwards  # type: ignore[assignment]
+        self._fx_forward = tuple(_compile_graph(g) for g in graphs)  # type: ignore[assignment]
 
     def _share_state(self, body: nn.Module) -> None:
         # Share the body's own dicts of children, parameters and buffers instead of holding the

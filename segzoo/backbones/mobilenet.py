@@ -40,7 +40,7 @@ def mobilenet_v3_backbone(
         [f.name for f in info],
         feature_info=info,
         roles={"aux": aux, "low": aux},
-        cache_key=("torchvision", arch, output_stride),
+        method="hooks",  # as for the ResNets: no trace to pay for, torchvision's own forward
     )
 
 

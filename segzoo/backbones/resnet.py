@@ -41,7 +41,11 @@ def resnet_backbone(
     reductions = [min(r, output_stride) for r in (4, 8, 16, 32)]
     layers = [f"layer{i}" for i in range(1, 5)]
     info = [Feature(n, c, r, n) for n, c, r in zip(layers, widths, reductions, strict=True)]
-    return FeatureExtractor(net, layers, feature_info=info, cache_key=("torchvision", arch, output_stride))
+    del net.avgpool, net.fc  # never reached: the forward stops once layer4 is captured
+    # Forward hooks on torchvision's own forward rather than an FX trace: no tracing cost at
+    # build time (a ResNet-101 trace takes longer than loading its weights) and torchvision's
+    # in-place residual additions, which a trace turns into new tensors.
+    return FeatureExtractor(net, layers, feature_info=info, method="hooks")
 
 
 @hookimpl

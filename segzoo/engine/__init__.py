@@ -1,1 +1,1 @@
-"""Running models: prediction and evaluation (training joins later)."""
+"""Running models: prediction, evaluation and training."""
