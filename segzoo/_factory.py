@@ -317,10 +317,12 @@ def create(
         name, tag = name.split(".", 1)
     spec = resolve_spec(name, backbone=backbone, head=head, **overrides)
     spec.pretrained_backbone = pretrained_backbone
-    if not pretrained:
+    if tag is None and not pretrained:
         return build_model(spec)
 
-    if pretrained_backbone:
+    # A tag describes a model (classes, aux head, labels, preprocessing) even without its weights,
+    # as in timm; pretrained=True loads them too.
+    if pretrained and pretrained_backbone:
         raise TypeError("pretrained=True loads the whole model; drop pretrained_backbone=True")
     recipe = registry().get("model", name).obj if name is not None and spec.recipe else None
     if recipe is None or not recipe.weights:
@@ -336,13 +338,14 @@ def create(
             )
         )
     ws = recipe.weights[tag]
-    # the weights decide what the user did not: classes, aux head, labels, preprocessing
     spec.num_classes = num_classes if num_classes is not None else ws.num_classes
     spec.aux = aux if aux is not None else ws.aux
     if ws.labels and spec.num_classes == ws.num_classes:
         spec.labels = list(ws.labels)
     if ws.preprocessing:
         spec.preprocessing = dict(ws.preprocessing)
+    if not pretrained:
+        return build_model(spec)
     from ._weights import fetch_weights
     from .hub import WEIGHTS_NAME, read_config
 

@@ -9,15 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-USER_ERRORS = (
-    ValueError,
-    TypeError,
-    LookupError,
-    FileNotFoundError,
-    FileExistsError,
-    NotADirectoryError,
-    PermissionError,
-)
+# One line and exit code 2 for these, no traceback (--debug or SEGZOO_DEBUG=1 shows it): bad
+# input, missing files, refused or failed downloads and pushes (OSError), a diverging training run.
+USER_ERRORS = (ValueError, TypeError, LookupError, OSError, FloatingPointError)
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

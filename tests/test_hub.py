@@ -460,3 +460,32 @@ def test_segzoo_push_cli_errors_are_one_line(fake, tiny, hub_env, tmp_path, caps
     assert err.startswith("segzoo push: error: the Hub refused to create segzoo-cli/errors (HTTP 401")
     assert "--token" in err and err.count("\n") == 1
     assert fake.commits == [] and "segzoo-cli/errors" not in fake.repos
+
+
+def test_a_verified_file_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
+    """The sha256 check of a tag's weights remembers a file that passed (by path, size, mtime)."""
+    import hashlib
+
+    from segzoo import hub
+
+    monkeypatch.setenv("SEGZOO_CACHE", str(tmp_path / "cache"))
+    blob = tmp_path / "model.safetensors"
+    blob.write_bytes(b"weights" * 1000)
+    digest = hashlib.sha256(blob.read_bytes()).hexdigest()
+    opened: list[str] = []
+    real_open = open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).endswith("model.safetensors"):
+            opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    hub._check_sha256(blob, digest, "blob")
+    hub._check_sha256(blob, digest[:8], "blob")  # another expectation: hashed again
+    hub._check_sha256(blob, digest[:8], "blob")
+    assert len(opened) == 2
+    blob.write_bytes(b"tampered" * 1000)
+    os.utime(blob, ns=(1, 1))  # a different mtime even on coarse clocks
+    with pytest.raises(FolderFormatError, match="sha256 mismatch for blob"):
+        hub._check_sha256(blob, digest[:8], "blob")

@@ -449,6 +449,16 @@ def test_offline_without_cache_is_a_clear_error(cache, monkeypatch, no_network):
         segzoo.create("tagged", pretrained=True)
 
 
+def test_a_tag_describes_the_model_even_without_its_weights(cache):
+    model = segzoo.create("deeplabv3_mobilenet_v3_large.tv_coco_voc")  # no download: random init
+    assert model.aux_classifier is not None and model.labels[15] == "person"
+    assert "weights" not in model.config
+    assert segzoo.create("deeplabv3_mobilenet_v3_large").aux_classifier is None
+    assert not (cache / "weights").exists()
+    with pytest.raises(ValueError, match=r"unknown model 'fcn_resnet50.coco'"):
+        segzoo.create("fcn_resnet50.coco")
+
+
 def test_pretrained_errors(cache):
     with pytest.raises(ValueError, match="has no pretrained weights"):
         segzoo.create("fcn", backbone="resnet18", num_classes=2, pretrained=True)

@@ -458,6 +458,12 @@ class _Trainer:
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            self.ctx.close()
+
+    def _run(self) -> TrainResult:
         self.prepare()
         cfg = self.cfg
         if self.ctx.is_main:
@@ -521,7 +527,6 @@ class _Trainer:
             from ..hub import push_to_hub
 
             push_to_hub(best, cfg.push_to_hub, commit_message=f"segzoo train: mIoU {self.best_miou:.4f}")
-        self.ctx.close()
         return TrainResult(self.output, best, self.best_miou, self.step, history)
 
     def _micro_step(self, images: Tensor, masks: Tensor, *, first: bool, last: bool) -> float:
