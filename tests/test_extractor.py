@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import segzoo
 from segzoo import Feature, FeatureExtractor, FeatureInfo
 
 
@@ -175,3 +176,32 @@ def test_feature_info_roles_and_strides():
     single = FeatureInfo([Feature("c5", 8, 32, "a")])
     with pytest.raises(ValueError, match="aux=False"):
         single.resolve("aux")
+
+
+def test_hooks_mode_traces_into_one_graph_under_torch_compile():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = segzoo.create("lraspp", backbone="mobilenet_v3_small", num_classes=3).eval()
+    assert model.backbone.method == "hooks"
+    x = torch.randn(1, 3, 64, 64)
+    explained = torch._dynamo.explain(model)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    compiled = torch.compile(model, backend="eager")
+    torch.testing.assert_close(compiled(x)["out"], model(x)["out"], rtol=0, atol=0)
+
+
+def test_concurrent_calls_in_hooks_mode_do_not_mix_their_features():
+    from concurrent.futures import ThreadPoolExecutor
+
+    torch.manual_seed(0)
+    net = Untraceable().eval()
+    fe = FeatureExtractor(net, {"stage1": "mid", "stage2": "out"})
+    inputs = [torch.randn(1, 3, 16, 16) for _ in range(8)]
+    with torch.no_grad():
+        expected = [reference(net, x)["mid"] for x in inputs]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda x: fe(x)["mid"], inputs * 10))
+    for i, g in enumerate(got):
+        torch.testing.assert_close(g, expected[i % 8], rtol=0, atol=0)
+    assert fe._captures == {}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import linecache
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -127,6 +129,12 @@ def _parse_stride(key: str) -> int | None:
     return None
 
 
+def _call_key() -> int:
+    """Which forward call a hook belongs to: the thread, so that concurrent calls of one model do
+    not mix their features (0 under torch.compile, which runs one call at a time per frame)."""
+    return 0 if torch.compiler.is_compiling() else threading.get_ident()
+
+
 class _StopForward(BaseException):
     """Raised from a hook once every requested feature is captured (BaseException so that a
     wrapped module's own ``except Exception`` cannot swallow it)."""
@@ -200,6 +208,11 @@ class FeatureExtractor(nn.Module):
             if missing:
                 raise ValueError(_missing_module_error(module, missing))
             self._share_state(module)
+            # per-call captures, keyed by thread (see _call_key); hooks registered once, as
+            # torch.compile traces them into one graph where hooks added per call would split it
+            self._captures: dict[int, dict[str, Tensor]] = {}
+            for node, name in nodes.items():
+                module.get_submodule(node).register_forward_hook(functools.partial(self._capture, name))
         elif method == "outputs":
             self._share_state(module)
         self.method: str = method
@@ -288,32 +301,29 @@ class FeatureExtractor(nn.Module):
         return {name: out[int(key)] for key, name in self.return_nodes.items()}
 
     def _run_with_hooks(self, x: Tensor) -> dict[str, Tensor]:
-        captured: dict[str, Tensor] = {}
-        wanted = len(self.return_nodes)
-
-        def make_hook(name: str):
-            def hook(_module, _inputs, output):
-                captured[name] = output
-                if len(captured) == wanted:
-                    raise _StopForward  # the rest of the module is not needed
-
-            return hook
-
-        handles = [
-            self._body.get_submodule(node).register_forward_hook(make_hook(name))
-            for node, name in self.return_nodes.items()
-        ]
+        key = _call_key()
+        self._captures[key] = captured = {}
         try:
             self._body(x)
         except _StopForward:
             pass
         finally:
-            for h in handles:
-                h.remove()
+            del self._captures[key]
         missing = [n for n in self.return_nodes.values() if n not in captured]
         if missing:
             raise RuntimeError(f"the wrapped {self.wrapped_class}'s forward never ran the nodes of {missing}")
         return {name: captured[name] for name in self.return_nodes.values()}
+
+    def _capture(self, name: str, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        """Forward hook, registered once: keep a requested output of the current call."""
+        captured = self._captures.get(_call_key())
+        if captured is None:
+            return  # the wrapped module runs outside this extractor's forward
+        captured[name] = output
+        # The rest of the module is not needed. Under torch.compile the forward runs to its end
+        # instead, since raising out of a hook would split the graph.
+        if len(captured) == len(self.return_nodes) and not torch.compiler.is_compiling():
+            raise _StopForward
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         super().train(mode)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
+from torch import nn
+
 from ..hookspecs import hookimpl
 from .extractor import Feature, FeatureExtractor
 
@@ -41,7 +43,9 @@ def resnet_backbone(
     reductions = [min(r, output_stride) for r in (4, 8, 16, 32)]
     layers = [f"layer{i}" for i in range(1, 5)]
     info = [Feature(n, c, r, n) for n, c, r in zip(layers, widths, reductions, strict=True)]
-    del net.avgpool, net.fc  # never reached: the forward stops once layer4 is captured
+    # No parameters, so the state_dict stays torchvision's: the forward stops once layer4 is
+    # captured, or (under torch.compile) runs on through these at the cost of a view.
+    net.avgpool, net.fc = nn.Identity(), nn.Identity()
     # Forward hooks on torchvision's own forward rather than an FX trace: no tracing cost at
     # build time (a ResNet-101 trace takes longer than loading its weights) and torchvision's
     # in-place residual additions, which a trace turns into new tensors.
