@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterable
@@ -450,27 +451,21 @@ def build_with_weights(
     from .hub import load_state_file
 
     state_dict = load_state_file(weights, save_id=save_id)
-    source = str(weights)
+    load = functools.partial(
+        load_state,
+        state_dict=state_dict,
+        source=str(weights),
+        ignore_mismatched=ignore_mismatched,
+        optional_prefixes=("aux_classifier.",),
+    )
     try:
         with torch.device("meta"), no_init():
             model = build_model(spec)
-        load_state(
-            model,
-            state_dict,
-            source=source,
-            ignore_mismatched=ignore_mismatched,
-            optional_prefixes=("aux_classifier.",),
-        )
+        load(model)
     except NeedsRealBuild:
         # a buffer computed in __init__ (not saved) cannot be recovered on meta: build for real
         model = build_model(spec)
-        load_state(
-            model,
-            state_dict,
-            source=source,
-            ignore_mismatched=ignore_mismatched,
-            optional_prefixes=("aux_classifier.",),
-        )
+        load(model)
     return model
 
 

@@ -35,6 +35,17 @@ def fresh_plugins(monkeypatch):
     _plugins.reset()
 
 
+def randomize_bn_stats(model: torch.nn.Module) -> torch.nn.Module:
+    """Random BatchNorm running statistics, so that a mixed-up or skipped BatchNorm shows in the
+    outputs (fresh ones are mean 0, variance 1: nearly the identity in eval mode)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
 def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run code in a fresh interpreter (for import-time behaviour)."""
     full_env = {**os.environ, **(env or {})}

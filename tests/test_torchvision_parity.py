@@ -7,6 +7,8 @@ import torch
 
 import segzoo
 
+from .conftest import randomize_bn_stats
+
 TV_MODELS = {
     "fcn_resnet50": True,
     "fcn_resnet101": True,
@@ -28,12 +30,7 @@ def torchvision_model(name: str, num_classes: int = 21, aux: bool = False, seed:
     torch.manual_seed(seed)
     kwargs = {"aux_loss": aux} if TV_MODELS[name] else {}
     model = getattr(tvs, name)(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_bn_stats(model).eval()
 
 
 def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-5) -> None:

@@ -18,7 +18,7 @@ from segzoo.convert import convert_torchvision
 from segzoo.hub import FolderFormatError
 from segzoo.zoo import VOC_LABELS
 
-from .conftest import plugin
+from .conftest import plugin, randomize_bn_stats
 from .file_server import Files, serve
 from .test_torchvision_parity import TV_MODELS, torchvision_model
 
@@ -46,12 +46,7 @@ def no_network(monkeypatch):
 def tiny(num_classes: int = 3, aux: bool = False, seed: int = 0) -> segzoo.SegmentationModel:
     torch.manual_seed(seed)
     model = segzoo.create("lraspp", backbone="mobilenet_v3_small", num_classes=num_classes, aux=aux)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model.eval()
+    return randomize_bn_stats(model).eval()
 
 
 def outputs(model, seed: int = 1):
