@@ -6,7 +6,7 @@ import dataclasses
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -244,28 +244,24 @@ def filter_names(
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    """``unknown KIND 'name'``, the closest registered names, and where to list them all."""
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     if not close:
         close = [k for k in known if name.lower() in k.lower() or k.lower() in name.lower()][:5]
-    lister = {"backbone": "list_backbones", "head": "list_heads", "model": "list_models"}[kind]
-    hint = f" Closest: {', '.join(close)}." if close else ""
-    return f"unknown {kind} {name!r}.{hint} See segzoo.{lister}() for all {len(known)}."
+    lister = {"backbone": "list_backbones()", "head": "list_heads()", "model": "list_models()"}.get(kind)
+    where = f"See segzoo.{lister} for all {len(known)}." if lister else "See `segzoo list`."
+    return f"unknown {kind} {name!r}." + (f" Closest: {', '.join(close)}." if close else "") + f" {where}"
 
 
-def describe_builder(builder: Callable[..., Any]) -> dict[str, Any]:
-    """The keyword arguments a builder accepts, with their defaults (for model_info and errors)."""
+def describe_builder(entry: Entry) -> dict[str, Any]:
+    """The keyword arguments a backbone or head builder accepts, with their defaults; not the
+    positionals segzoo fills in (a family's model name; a head's feature_info and num_classes)."""
     import inspect
 
-    out: dict[str, Any] = {}
-    for p in inspect.signature(builder).parameters.values():
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
-            out[p.name] = None if p.default is p.empty else p.default
-    return out
-
-
-def merge_kwargs(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for d in dicts:
-        if d:
-            out.update(d)
-    return out
+    skip = 1 if entry.is_family else 2 if entry.kind == "head" else 0
+    params = [
+        p
+        for p in inspect.signature(entry.obj).parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    return {p.name: None if p.default is p.empty else p.default for p in params[skip:]}

@@ -115,12 +115,12 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "name": name,
                 "description": e.description,
                 "provider": e.provider(),
-                "kwargs": describe_builder(e.obj),
+                "kwargs": describe_builder(e),
             }
             break
         else:
             known = reg.names("model") + reg.names("backbone") + reg.names("head")
-            raise UnknownNameError(unknown_name_message("model", name, known))
+            raise UnknownNameError(unknown_name_message("model, backbone or head", name, known))
     if args.json:
         _print_json(info)
         return 0
