@@ -1,19 +1,22 @@
-"""Datasets (Pascal VOC, a generic folder layout, a synthetic set), transforms and collate.
+"""Datasets (Pascal VOC, COCO, Cityscapes, ADE20K, a generic folder layout, a synthetic set),
+transforms and collate.
 
 This package imports torchvision; ``import segzoo`` does not import it.
 """
 
 from __future__ import annotations
 
+from .ade20k import ADE20K_CLASSES, ADE20K_COLOURS, ADE20KSegmentation
+from .cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_COLOURS, CityscapesSegmentation
+from .coco import COCO_VOC_CATEGORIES, COCOSegmentation, write_coco_subset
 from .datasets import (
     VOC_CLASSES,
     FolderSegmentation,
     SegmentationDataset,
     VOCSegmentation,
-    detect_format,
-    open_dataset,
     read_class_names,
 )
+from .formats import FORMATS, detect_format, open_dataset, palette_for_labels
 from .io import DataError, list_images, read_image, read_mask
 from .synthetic import SYNTHETIC_CLASSES, SyntheticSegmentation, write_synthetic
 from .transforms import (
@@ -26,8 +29,17 @@ from .transforms import (
 )
 
 __all__ = [
+    "ADE20K_CLASSES",
+    "ADE20K_COLOURS",
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_COLOURS",
+    "COCO_VOC_CATEGORIES",
+    "FORMATS",
     "SYNTHETIC_CLASSES",
     "VOC_CLASSES",
+    "ADE20KSegmentation",
+    "COCOSegmentation",
+    "CityscapesSegmentation",
     "DataError",
     "FolderSegmentation",
     "PadIfSmaller",
@@ -40,10 +52,12 @@ __all__ = [
     "list_images",
     "open_dataset",
     "pad_stack",
+    "palette_for_labels",
     "preset_from_config",
     "read_class_names",
     "read_image",
     "read_mask",
     "train_transforms",
+    "write_coco_subset",
     "write_synthetic",
 ]

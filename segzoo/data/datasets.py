@@ -12,15 +12,14 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, read_image, read_mask
+from .io import IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, check_relative_name, read_image, read_mask
 
 __all__ = [
     "VOC_CLASSES",
     "FolderSegmentation",
     "SegmentationDataset",
     "VOCSegmentation",
-    "detect_format",
-    "open_dataset",
+    "read_class_names",
 ]
 
 VOC_CLASSES = (
@@ -113,8 +112,12 @@ def _read_split(path: Path, hint: str) -> list[str]:
         raise FileNotFoundError(
             f"split file {path} does not exist ({'splits found: ' + ', '.join(found) if found else hint})"
         )
-    ids = [line.strip() for line in path.read_text().splitlines()]
-    return [i for i in ids if i and not i.startswith("#")]
+    ids = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        i = line.strip()
+        if i and not i.startswith("#"):
+            ids.append(check_relative_name(i, f"split file {path}, line {n}"))
+    return ids
 
 
 def _nonempty(samples: list[Any], where: str) -> None:
@@ -257,39 +260,3 @@ def _by_stem(folder: Path, extensions: Sequence[str]) -> dict[str, Path]:
             raise DataError(f"{out[p.stem]} and {p} have the same name: keep one file per stem in {folder}")
         out[p.stem] = p
     return out
-
-
-def detect_format(root: str | os.PathLike[str]) -> str:
-    """``"voc"`` or ``"folder"``, from what the folder holds."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist")
-    if (root / "images").is_dir() and (root / "masks").is_dir():
-        return "folder"
-    try:
-        _voc_root(root)
-    except DataError:
-        raise DataError(
-            f"cannot tell the layout of {root}: expected images/ + masks/ (folder) or JPEGImages/ + "
-            "SegmentationClass/ (voc); pass the format explicitly"
-        ) from None
-    return "voc"
-
-
-def open_dataset(
-    root: str | os.PathLike[str],
-    format: str | None = None,
-    split: str | None = "val",
-    *,
-    num_classes: int | None = None,
-    transforms: Transforms | None = None,
-) -> SegmentationDataset:
-    """A dataset on disk, its format (``"voc"`` or ``"folder"``) detected when not given."""
-    fmt = format or detect_format(root)
-    if fmt == "voc":
-        if split is None:
-            raise ValueError("a Pascal VOC dataset is read by split: name one (train, val, ...)")
-        return VOCSegmentation(root, split, transforms=transforms)
-    if fmt == "folder":
-        return FolderSegmentation(root, split, num_classes=num_classes, transforms=transforms)
-    raise ValueError(f"unknown dataset format {fmt!r}: use 'voc' or 'folder'")

@@ -12,18 +12,51 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "MASK_EXTENSIONS", "DataError", "list_images", "read_image", "read_mask"]
+from ..errors import DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MASK_EXTENSIONS",
+    "DataError",
+    "check_relative_name",
+    "list_images",
+    "read_image",
+    "read_mask",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".pgm")
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-class DataError(ValueError):
-    """A dataset file or layout that cannot be used; the message names the file and the fix."""
+def check_relative_name(name: str, where: str, *, folders: bool = False) -> str:
+    """``name`` (read from a split file or an annotation file) if it names a file inside the
+    dataset folder; a :class:`DataError` naming ``where`` otherwise.
+
+    Dataset files are untrusted: an absolute path, a ``..`` part or (unless ``folders``) any path
+    separator would let them read files outside the dataset.
+    """
+    parts = name.replace("\\", "/").split("/")
+    bad = (
+        not name
+        or "\0" in name
+        or name.startswith(("/", "\\"))
+        or (len(name) > 1 and name[1] == ":")  # a Windows drive
+        or any(p in ("", ".", "..") for p in parts)
+        or (not folders and len(parts) > 1)
+    )
+    if bad:
+        if folders:
+            rule = "a relative path inside the dataset folder (no absolute path, no '..')"
+        else:
+            rule = "a file name without folders (no '/', '\\', '..' or absolute path)"
+        raise DataError(
+            f"{where}: {name!r} is not {rule}: dataset files may only name files inside the dataset"
+        )
+    return name
 
 
-def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
+def _open(path: str | os.PathLike[str], what: str, upright: bool = True) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
@@ -37,16 +70,17 @@ def _open(path: str | os.PathLike[str], what: str) -> Image.Image:
             f"cannot read {what} {path} ({type(err).__name__}: {err}): check that it is a complete "
             f"image file ({', '.join(IMAGE_EXTENSIONS)}), re-export it or remove it from the dataset"
         ) from None
-    return ImageOps.exif_transpose(img)
+    return ImageOps.exif_transpose(img) if upright else img
 
 
-def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """An image file as a 3 x H x W uint8 RGB tensor, upright per its EXIF orientation.
+def read_image(path: str | os.PathLike[str], *, upright: bool = True) -> torch.Tensor:
+    """An image file as a 3 x H x W uint8 RGB tensor, upright per its EXIF orientation (or as
+    stored with ``upright=False``, for annotations drawn on the stored pixels, as COCO's are).
 
     Grayscale is repeated to three channels, alpha is dropped, palette images are expanded and
     16-bit images are scaled to 8 bits.
     """
-    img = _open(path, "image")
+    img = _open(path, "image", upright)
     if img.mode in _SIXTEEN_BIT:
         arr = np.asarray(img).astype(np.float64) * (255.0 / 65535.0)
         arr = np.repeat(np.round(arr).clip(0, 255).astype(np.uint8)[..., None], 3, axis=2)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._viz import save_mask
 from .datasets import SegmentationDataset, Transforms
 
 __all__ = ["SYNTHETIC_CLASSES", "SyntheticSegmentation", "write_synthetic"]
@@ -233,8 +234,6 @@ def write_synthetic(
     partial dataset. ``out`` must not exist or be empty.
     """
     from PIL import Image
-
-    from .._viz import save_mask
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
