@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
+
 __all__ = ["Feature", "FeatureExtractor", "FeatureInfo"]
 
 Method = Literal["auto", "fx", "hooks", "outputs"]
@@ -44,14 +46,14 @@ class FeatureInfo(Sequence[Feature]):
     def __init__(self, features: Sequence[Feature], roles: Mapping[str, str] | None = None) -> None:
         self._features = tuple(features)
         if not self._features:
-            raise ValueError("a backbone must return at least one feature")
+            raise UsageError("a backbone must return at least one feature")
         self._by_name = {f.name: f for f in self._features}
         if len(self._by_name) != len(self._features):
-            raise ValueError(f"feature names must be unique, got {[f.name for f in self._features]}")
+            raise UsageError(f"feature names must be unique, got {[f.name for f in self._features]}")
         self.roles = dict(roles or {})
         for role, name in self.roles.items():
             if name not in self._by_name:
-                raise ValueError(f"role {role!r} points at {name!r}, which is not a feature: {self.names()}")
+                raise UsageError(f"role {role!r} points at {name!r}, which is not a feature: {self.names()}")
 
     def __len__(self) -> int:
         return len(self._features)
@@ -101,7 +103,7 @@ class FeatureInfo(Sequence[Feature]):
             return self._features[-1]
         if key == "aux":
             if len(self._features) < 2:
-                raise ValueError(
+                raise UsageError(
                     f"this backbone returns a single feature ({self.names()}), so there is none for the "
                     "auxiliary head; use aux=False or a backbone with two or more features"
                 )
@@ -111,14 +113,14 @@ class FeatureInfo(Sequence[Feature]):
             for f in self._features:
                 if f.reduction == stride:
                     return f
-            raise ValueError(
+            raise UsageError(
                 f"no feature at reduction {stride} for {key!r}; this backbone has "
                 f"{', '.join(f'{f.name} (/{f.reduction})' for f in self._features)}. "
                 "Pass the feature name to the head explicitly."
             )
         close = difflib.get_close_matches(key, [*self.names(), *ROLES], n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
+        raise UsageError(
             f"unknown feature {key!r}: the backbone has {self.names()} and the roles {list(ROLES)}.{hint}"
         )
 
@@ -184,7 +186,7 @@ class FeatureExtractor(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
-            raise TypeError(f"FeatureExtractor wraps an nn.Module, got {type(module).__name__}")
+            raise UsageError(f"FeatureExtractor wraps an nn.Module, got {type(module).__name__}")
         nodes = _normalize_return_nodes(return_nodes)
         self.return_nodes: dict[str, str] = nodes
         self.wrapped_class = type(module).__name__
@@ -192,7 +194,7 @@ class FeatureExtractor(nn.Module):
         self._graphs: tuple[torch.fx.Graph, torch.fx.Graph] | None = None
         self._body: nn.Module | None = None
         if method not in ("auto", "fx", "hooks", "outputs"):
-            raise ValueError(f"method must be 'auto', 'fx', 'hooks' or 'outputs', got {method!r}")
+            raise UsageError(f"method must be 'auto', 'fx', 'hooks' or 'outputs', got {method!r}")
 
         if method in ("auto", "fx"):
             try:
@@ -201,12 +203,12 @@ class FeatureExtractor(nn.Module):
             except Exception as err:
                 if method == "fx" or not all(_has_submodule(module, n) for n in nodes):
                     missing = [n for n in nodes if not _has_submodule(module, n)]
-                    raise ValueError(_trace_error(module, missing, err)) from err
+                    raise UsageError(_trace_error(module, missing, err)) from err
                 method = "hooks"
         if method == "hooks":
             missing = [n for n in nodes if not _has_submodule(module, n)]
             if missing:
-                raise ValueError(_missing_module_error(module, missing))
+                raise UsageError(_missing_module_error(module, missing))
             self._share_state(module)
             # per-call captures, keyed by thread (see _call_key); hooks registered once, as
             # torch.compile traces them into one graph where hooks added per call would split it
@@ -221,7 +223,7 @@ class FeatureExtractor(nn.Module):
             feature_info = self._probe(probe_size)
         self.feature_info = FeatureInfo(feature_info, roles)
         if self.feature_info.names() != list(nodes.values()):
-            raise ValueError(
+            raise UsageError(
                 f"feature_info names {self.feature_info.names()} do not match the returned features "
                 f"{list(nodes.values())}"
             )
@@ -278,7 +280,7 @@ class FeatureExtractor(nn.Module):
         for node, name in self.return_nodes.items():
             t = feats[name]
             if t.ndim != 4:
-                raise ValueError(
+                raise UsageError(
                     f"feature {name!r} (node {node!r}) has shape {tuple(t.shape)}; segmentation heads need "
                     "N x C x H x W maps. Pick a node with a spatial output, or reshape tokens in your module."
                 )
@@ -347,15 +349,15 @@ class FeatureExtractor(nn.Module):
 
 def _normalize_return_nodes(return_nodes: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
     if isinstance(return_nodes, str):
-        raise TypeError("return_nodes must be a dict {node: name} or a list of node names, not a string")
+        raise UsageError("return_nodes must be a dict {node: name} or a list of node names, not a string")
     if isinstance(return_nodes, Mapping):
         nodes = {str(k): str(v) for k, v in return_nodes.items()}
     else:
         nodes = {str(n): str(n) for n in return_nodes}
     if not nodes:
-        raise ValueError("return_nodes is empty: name at least one node, e.g. {'layer4': 'out'}")
+        raise UsageError("return_nodes is empty: name at least one node, e.g. {'layer4': 'out'}")
     if len(set(nodes.values())) != len(nodes):
-        raise ValueError(f"return_nodes gives two nodes the same name: {nodes}")
+        raise UsageError(f"return_nodes gives two nodes the same name: {nodes}")
     return nodes
 
 

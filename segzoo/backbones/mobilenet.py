@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from ..errors import UsageError
 from ..hookspecs import hookimpl
 from .extractor import Feature, FeatureExtractor
 
@@ -21,7 +22,7 @@ def mobilenet_v3_backbone(
     import torchvision.models as tvm
 
     if output_stride not in (16, 32):
-        raise ValueError(
+        raise UsageError(
             f"{arch}: output_stride must be 16 (dilated last stage) or 32, got {output_stride!r}"
         )
     weights = "IMAGENET1K_V1" if pretrained else None

@@ -1,0 +1,175 @@
+"""Build a timm architecture as a segzoo backbone and run every head on it: the measurements
+behind ``timm_matrix.json`` (``benchmarks/backbone_matrix.py``) and its sample test.
+
+Tier "meta" runs on the meta device (shapes only); tier "real" runs a forward in train and eval
+mode and a backward for real at a small size. Each result is "ok" or the error, one line.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from .._factory import create
+from .dilation import NotDilatableError, shape_forward
+from .timm import timm_backbone
+
+SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+ERR_CHARS = 160
+
+
+def error_text(e: BaseException) -> str:
+    """An exception as one short line."""
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg}"[:ERR_CHARS]
+
+
+# -- worker: runs in its own process -----------------------------------------------------------
+
+
+def _size_for(bb: Any, minimum: int) -> tuple[int, int]:
+    rule = bb.input_rule()
+    if "fixed" in rule:
+        return tuple(rule["fixed"])  # type: ignore[return-value]
+    m = rule.get("multiple", 1)
+    s = -(-max(minimum, 32) // m) * m
+    return (s, s)
+
+
+def _min_size(bb: Any) -> int | None:
+    """The smallest square input of SIZES the backbone takes (its own rule first)."""
+    rule = bb.input_rule()
+    if "fixed" in rule:
+        return int(min(rule["fixed"]))
+    m = rule.get("multiple", 1)
+    for s in SIZES:
+        if s % m:
+            continue
+        try:
+            shape_forward(bb, (s, s))
+            return s
+        except Exception:
+            continue
+    return None
+
+
+_FEATURES: dict[tuple[int, tuple[int, int]], Any] = {}
+
+
+def meta_features(bb: Any, size: tuple[int, int]) -> Any:
+    """The backbone's features for one image of ``size`` as meta tensors (for heads built on
+    meta), computed once for all heads."""
+    import torch
+
+    key = (id(bb), size)
+    if key not in _FEATURES:
+        _FEATURES.clear()
+        feats = shape_forward(bb, size)
+        _FEATURES[key] = (bb, {k: torch.empty_like(v, device="meta") for k, v in feats.items()})
+    return _FEATURES[key][1]
+
+
+def run_head(bb: Any, head: str, size: tuple[int, int], real: bool) -> str:
+    """Build the head on the backbone and run it: for real, a forward in train mode, a backward
+    and a forward in eval mode; on the meta device an eval-mode forward (shapes only: timm's
+    train-mode BatchNorm on meta runs through slow Python decompositions)."""
+    import torch
+
+    try:
+        if real:
+            model = create(head, backbone=bb, num_classes=3)
+        else:
+            with torch.device("meta"):
+                model = create(head, backbone=bb, num_classes=3)
+    except Exception as e:
+        return "build: " + error_text(e)
+    stage = "train"
+    try:
+        if real:
+            model.train()
+            x = torch.rand(2, 3, *size)
+            out = model(x)["out"]
+            if tuple(out.shape) != (2, 3, *size):
+                return f"train: output shape {tuple(out.shape)}"
+            stage = "backward"
+            out.mean().backward()
+        stage = "eval"
+        model.eval()
+        with torch.no_grad():
+            if real:
+                out = model(torch.rand(1, 3, *size))["out"]
+            else:  # the backbone's meta features are computed once for all heads
+                out = model._predict(model.classifier, meta_features(bb, size), size)
+        if tuple(out.shape) != (1, 3, *size):
+            return f"eval: output shape {tuple(out.shape)}"
+        if real and not torch.isfinite(out).all():
+            return "eval: non-finite output"
+    except Exception as e:
+        return f"{stage}: " + error_text(e)
+    finally:
+        for p in bb.parameters():
+            p.grad = None
+    return "ok"
+
+
+def work_meta(name: str, heads: list[str], full: bool) -> dict[str, Any]:
+    import torch
+
+    rec: dict[str, Any] = {}
+    t = time.perf_counter()
+    if full:
+        try:
+            with torch.device("meta"):
+                bb = timm_backbone(name)
+        except Exception as e:
+            return {"error": error_text(e), "s": round(time.perf_counter() - t, 2)}
+        info = bb.feature_info
+        rec["params"] = sum(p.numel() for p in bb.parameters())
+        rec["features"] = [[f.channels, f.reduction] for f in info]
+        roles = {}
+        for role in ("out", "aux", "low"):
+            try:
+                roles[role] = info.names().index(info.resolve(role).name)
+            except Exception:
+                roles[role] = None
+        rec["roles"] = roles
+        rec["input"] = bb.input_rule()
+        rec["min_size"] = _min_size(bb)
+        rec["os"] = {}
+        for os_ in (16, 8):
+            if max(info.reductions()) <= os_:
+                rec["os"][str(os_)] = "as built"
+                continue
+            try:
+                with torch.device("meta"):
+                    d = timm_backbone(name, output_stride=os_)
+                rec["os"][str(os_)] = d.dilation
+            except NotDilatableError as e:
+                rec["os"][str(os_)] = f"not dilatable: {e.reason}"[:ERR_CHARS]
+            except Exception as e:
+                rec["os"][str(os_)] = error_text(e)
+    else:
+        with torch.device("meta"):
+            bb = timm_backbone(name)
+    size = _size_for(bb, max(64, rec.get("min_size") or _min_size(bb) or 64))
+    rec["heads"] = {}
+    for h in heads:
+        rec["heads"][h] = run_head(bb, h, size, real=False)
+    rec["s"] = round(time.perf_counter() - t, 2)
+    return rec
+
+
+def work_real(name: str, heads: list[str], full: bool) -> dict[str, Any]:
+
+    t = time.perf_counter()
+    try:
+        bb = timm_backbone(name)
+    except Exception as e:
+        return {"error": error_text(e), "s": round(time.perf_counter() - t, 2)}
+    size = _size_for(bb, max(64, _min_size(bb) or 64))
+    rec: dict[str, Any] = {"size": size[0] if size[0] == size[1] else list(size), "heads": {}}
+    for h in heads:
+        rec["heads"][h] = run_head(bb, h, size, real=True)
+    del bb
+    rec["s"] = round(time.perf_counter() - t, 2)
+    return rec
