@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import UsageError
+
 MARKER = ".segzoo-demo"  # only a folder the demo made is ever deleted by it
 
 # lraspp_mobilenet_v3_large from random init on 800 synthetic 96-160 px images: 300 AdamW steps of
@@ -44,7 +46,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         if not (out / MARKER).exists():
-            raise FileExistsError(f"{out} exists and was not made by the demo: choose another --out")
+            raise UsageError(f"{out} exists and was not made by the demo: choose another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).write_text("made by `segzoo demo`; deleted by its next run\n")

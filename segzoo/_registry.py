@@ -5,37 +5,71 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import inspect
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-Kind = Literal["backbone", "head", "model"]
-KINDS: tuple[Kind, ...] = ("backbone", "head", "model")
+from ._constants import DEFAULT_PREPROCESSING
+from .errors import DuplicateNameError, RegistryError, UnknownNameError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_PREPROCESSING: dict[str, Any] = {
-    "resize": 520,
-    "mean": list(IMAGENET_MEAN),
-    "std": list(IMAGENET_STD),
-    "interpolation": "bilinear",
-}
+Kind = Literal["backbone", "head", "model", "converter"]
+KINDS: tuple[Kind, ...] = ("backbone", "head", "model", "converter")
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 _BACKBONE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(:\*|:[A-Za-z0-9][A-Za-z0-9_\-./]*)?$")
 
 
-class RegistryError(ValueError):
-    """A registration that cannot be accepted."""
+@dataclass(frozen=True)
+class WeightSpec:
+    """A weight tag of a recipe (``deeplabv3_resnet101.tv_coco_voc``) and what is known about it.
 
+    Sources, in order: ``hf_hub_id`` at the pinned ``revision`` (a segzoo folder with
+    safetensors), else ``url``: a torchvision-format checkpoint downloaded once, checked against
+    ``sha256`` and converted into a segzoo folder in the cache. ``sha256`` may be a prefix:
+    torchvision publishes only the first 8 hex digits of its files' hashes.
+    """
 
-class DuplicateNameError(RegistryError):
-    """A name registered twice; the message names both plugins."""
+    num_classes: int
+    aux: bool = False
+    hf_hub_id: str | None = None
+    revision: str | None = None
+    filename: str = "model.safetensors"
+    url: str | None = None
+    sha256: str | None = None
+    labels: tuple[str, ...] | None = None
+    preprocessing: dict[str, Any] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"dataset": ..., "miou": ..., "pixel_acc": ...}
+    license: str | None = None
+    source: str | None = None
+    description: str = ""
 
+    def __post_init__(self) -> None:
+        if self.hf_hub_id is None and self.url is None:
+            raise RegistryError("a weight tag needs hf_hub_id or url")
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(self.labels))
+        if self.sha256 is not None and not all(c in "0123456789abcdef" for c in self.sha256.lower()):
+            raise RegistryError(f"sha256 must be hex digits, got {self.sha256!r}")
 
-class UnknownNameError(RegistryError):
-    """A name nobody registered; the message lists the closest registered names."""
+    @classmethod
+    def from_any(cls, value: WeightSpec | dict[str, Any]) -> WeightSpec:
+        if isinstance(value, WeightSpec):
+            return value
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise RegistryError(f"unknown weight tag field(s) {sorted(unknown)}")
+        return cls(**value)
+
+    def card_metadata(self, tag: str) -> dict[str, Any]:
+        """What config.json records about these weights (for the model card)."""
+        return {
+            "tag": tag,
+            "source": self.source or self.url or self.hf_hub_id,
+            "license": self.license,
+            "metrics": dict(self.metrics),
+        }
 
 
 @dataclass(frozen=True)
@@ -75,8 +109,6 @@ class Recipe:
                 raise RegistryError(
                     f"recipe {self.name!r}: {len(self.labels)} labels for num_classes={self.num_classes}"
                 )
-        from ._weights import WeightSpec
-
         weights = {}
         for tag, value in dict(self.weights).items():
             if not isinstance(tag, str) or not _NAME_RE.match(tag):
@@ -85,7 +117,7 @@ class Recipe:
                 )
             try:
                 weights[tag] = WeightSpec.from_any(value)
-            except (TypeError, ValueError) as err:
+            except (TypeError, RegistryError) as err:
                 raise RegistryError(f"recipe {self.name!r}, weight tag {tag!r}: {err}") from None
         object.__setattr__(self, "weights", weights)
         if self.weights and self.default_tag is None:
@@ -180,6 +212,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._entries: dict[Kind, dict[str, Entry]] = {k: {} for k in KINDS}
+        self.note = ""  # appended to unknown-name errors (e.g. plugins that were not loaded)
 
     def add(self, entry: Entry) -> None:
         existing = self._entries[entry.kind].get(entry.name)
@@ -222,7 +255,7 @@ class Registry:
             family = self._entries[kind].get(name.split(":", 1)[0] + ":*")
             if family is not None:
                 return family
-        raise UnknownNameError(unknown_name_message(kind, name, list(self._entries[kind])))
+        raise UnknownNameError(unknown_name_message(kind, name, list(self._entries[kind]), note=self.note))
 
 
 def filter_names(
@@ -243,21 +276,34 @@ def filter_names(
     return out
 
 
-def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
-    """``unknown KIND 'name'``, the closest registered names, and where to list them all."""
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+def unknown_name_message(
+    kind: str, name: str, known: list[str], *, also: Iterable[str] = (), note: str = ""
+) -> str:
+    """``unknown KIND 'name'``, the closest names of ``known`` (and of ``also``: other kinds that
+    would be accepted too), how many ``known`` holds and where to list them, then ``note``."""
+    candidates = [*known, *also]
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
     if not close:
-        close = [k for k in known if name.lower() in k.lower() or k.lower() in name.lower()][:5]
-    lister = {"backbone": "list_backbones()", "head": "list_heads()", "model": "list_models()"}.get(kind)
-    where = f"See segzoo.{lister} for all {len(known)}." if lister else "See `segzoo list`."
-    return f"unknown {kind} {name!r}." + (f" Closest: {', '.join(close)}." if close else "") + f" {where}"
+        close = [k for k in candidates if name.lower() in k.lower() or k.lower() in name.lower()][:5]
+    lister = {
+        "backbone": "segzoo.list_backbones()",
+        "head": "segzoo.list_heads()",
+        "model": "segzoo.list_models()",
+        "weight tag": "segzoo.list_models(pretrained=True)",
+        "timm model": "timm.list_models()",
+    }.get(kind)
+    where = f"See {lister} for all {len(known)} {kind}s." if lister else "See `segzoo list`."
+    return (
+        f"unknown {kind} {name!r}."
+        + (f" Closest: {', '.join(close)}." if close else "")
+        + f" {where}"
+        + (f" {note}" if note else "")
+    )
 
 
 def describe_builder(entry: Entry) -> dict[str, Any]:
     """The keyword arguments a backbone or head builder accepts, with their defaults; not the
     positionals segzoo fills in (a family's model name; a head's feature_info and num_classes)."""
-    import inspect
-
     skip = 1 if entry.is_family else 2 if entry.kind == "head" else 0
     params = [
         p

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ._files import atomic_path
+from .errors import UsageError
 
 __all__ = ["confusion_matrix_image", "overlay", "palette", "save_image", "save_mask"]
 
@@ -37,44 +38,56 @@ def save_image(image: Image.Image, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
-def mask_image(mask: Any) -> Image.Image:
-    """An H x W array or tensor of class indices (0..255) as a palette (mode P) image."""
+def mask_image(mask: Any, colours: np.ndarray | None = None) -> Image.Image:
+    """An H x W array or tensor of class indices (0..255) as a palette (mode P) image, coloured
+    with ``colours`` (256 x 3 uint8; default the VOC colour map)."""
     arr = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask)
     if arr.ndim != 2:
-        raise ValueError(f"a mask must be H x W, got shape {arr.shape}")
+        raise UsageError(f"a mask must be H x W, got shape {arr.shape}")
     if arr.size and (arr.min() < 0 or arr.max() > 255):
-        raise ValueError("a palette PNG holds class indices 0..255; this mask has values outside them")
+        raise UsageError("a palette PNG holds class indices 0..255; this mask has values outside them")
     img = Image.fromarray(arr.astype(np.uint8), mode="P")
-    img.putpalette(palette().tobytes())
+    img.putpalette((palette() if colours is None else colours).tobytes())
     return img
 
 
-def save_mask(mask: Any, path: str | os.PathLike[str]) -> Path:
-    """Save class indices as a palette PNG: the pixel values are the classes, the colours VOC's."""
-    return save_image(mask_image(mask), path)
+def save_mask(mask: Any, path: str | os.PathLike[str], *, colours: np.ndarray | None = None) -> Path:
+    """Save class indices as a palette PNG: the pixel values are the classes, the colours VOC's
+    (or ``colours``)."""
+    return save_image(mask_image(mask, colours), path)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-def overlay(image: Any, mask: Any, labels: Sequence[str] | None = None, *, alpha: float = 0.5) -> Image.Image:
-    """The image blended with its mask's class colours, and a legend of the classes present on
-    the right (so the result is wider than the image)."""
+def overlay(
+    image: Any,
+    mask: Any,
+    labels: Sequence[str] | None = None,
+    *,
+    alpha: float = 0.5,
+    colours: np.ndarray | None = None,
+) -> Image.Image:
+    """The image blended with its mask's class colours (``colours``, 256 x 3; default the VOC
+    colour map), and a legend of the classes present on the right (so the result is wider than
+    the image)."""
+    colours = palette() if colours is None else colours
     img = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if img.ndim == 3 and img.shape[0] == 3 and img.shape[-1] != 3:
         img = img.transpose(1, 2, 0)  # C x H x W tensor layout
     m = np.asarray(mask.cpu() if hasattr(mask, "cpu") else mask).astype(np.int64)
     if img.shape[:2] != m.shape:
-        raise ValueError(f"image {img.shape[:2]} and mask {m.shape} differ in size")
-    colours = palette()[np.clip(m, 0, 255)].astype(np.float32)
-    blended = img.astype(np.float32) * (1 - alpha) + colours * alpha
+        raise UsageError(f"image {img.shape[:2]} and mask {m.shape} differ in size")
+    blended = img.astype(np.float32) * (1 - alpha) + colours[np.clip(m, 0, 255)].astype(np.float32) * alpha
     picture = Image.fromarray((blended + 0.5).astype(np.uint8))
     present = [int(c) for c in np.unique(m)]
-    return _with_legend(picture, present, labels)
+    return _with_legend(picture, present, labels, colours)
 
 
-def _with_legend(picture: Image.Image, classes: list[int], labels: Sequence[str] | None) -> Image.Image:
+def _with_legend(
+    picture: Image.Image, classes: list[int], labels: Sequence[str] | None, colours: np.ndarray
+) -> Image.Image:
     font = _font(12)
     line, swatch, pad = 16, 12, 6
     names = [
@@ -87,7 +100,6 @@ def _with_legend(picture: Image.Image, classes: list[int], labels: Sequence[str]
     canvas = Image.new("RGB", (picture.width + width, height), (255, 255, 255))
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    colours = palette()
     x = picture.width + pad
     for k, (c, name) in enumerate(zip(classes, names, strict=True)):
         y = pad + k * line

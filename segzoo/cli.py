@@ -3,15 +3,50 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+import traceback
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-# One line and exit code 2 for these, no traceback (--debug or SEGZOO_DEBUG=1 shows it): bad
-# input, missing files, refused or failed downloads and pushes (OSError), a diverging training run.
-USER_ERRORS = (ValueError, TypeError, LookupError, OSError, FloatingPointError)
+from ._factory import create, list_models, model_info
+from ._files import write_text
+from ._names import parse_hub_name
+from ._optimize import optimize
+from ._plugins import plugins, registry
+from ._registry import describe_builder, filter_names, unknown_name_message
+from ._version import __version__
+from ._viz import confusion_matrix_image, save_image
+from .backbones.matrix import load_matrix, summarize
+from .engine._device import device_name
+from .engine.evaluate import evaluate
+from .engine.predict import (
+    DEFAULT_MAX_PIXELS,
+    MAX_PIXELS_ENV,
+    class_names,
+    iter_predictions,
+    write_prediction,
+)
+from .engine.train import TrainConfig, train
+from .errors import SegzooError, UnknownNameError, UsageError
+from .hub import download_folder, push_to_hub
+
+MIN_TILE = 32  # the deepest feature of the zoo's backbones is 32 times smaller than its input
+
+# One line and exit code 2 for these, no traceback (--debug or SEGZOO_DEBUG=1 shows it): every
+# error segzoo raises on purpose, and a file or folder the user named that is missing, in the way
+# or not accessible. Anything else is a bug in segzoo: its traceback and a request to report it.
+USER_ERRORS = (
+    SegzooError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -27,17 +62,70 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+# -- argument types: a bad value is an argparse error (one line, exit 2) naming the option --------
+
+
+def _ranged(
+    kind: type, low: float | None = None, high: float | None = None, *, open_low: bool = False,
+    open_high: bool = False, note: str = "",
+) -> Callable[[str], Any]:  # fmt: skip
+    """An argparse ``type`` for an int or float within [low, high] (or open at either end)."""
+    if low is not None and high is not None:
+        interval = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    elif low is not None:
+        interval = f"{'more than' if open_low else 'at least'} {low}"
+    else:
+        interval = f"{'less than' if open_high else 'at most'} {high}"
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if kind is int else 'a number'}"
+            ) from None
+        ok = value == value  # not NaN
+        if low is not None:
+            ok = ok and (value > low if open_low else value >= low)
+        if high is not None:
+            ok = ok and (value < high if open_high else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {interval}{note}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def _checked(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` from a parser that raises SegzooError: its message becomes argparse's."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except SegzooError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _device(text: str) -> str:
+
+    return _checked(device_name)(text)
+
+
 # -- list / info / plugins ----------------------------------------------------------------------
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ._plugins import registry
 
     reg = registry()
-    kinds = [k for k in ("model", "backbone", "head") if getattr(args, f"{k}s")] or [
+    kinds = [k for k in ("model", "backbone", "head", "converter") if getattr(args, f"{k}s")] or [
         "model",
         "backbone",
         "head",
+        "converter",
     ]
     pattern = args.filter or ""
     if pattern and not any(ch in pattern for ch in "*?["):
@@ -55,9 +143,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                 row.update(head=r.head, backbone=r.backbone, num_classes=r.num_classes, aux=r.aux)
             rows.append(row)
         out[kind + "s"] = rows
+    if "backbone" in kinds:
+        out["timm_backbones"] = _timm_rows(pattern)
     if args.json:
         _print_json(out)
         return 0
+    timm_rows = out.pop("timm_backbones", None)
     for kind, rows in out.items():
         print(f"{kind} ({len(rows)})")
         if kind == "models":
@@ -71,12 +162,37 @@ def cmd_list(args: argparse.Namespace) -> int:
                 )
             )
         print()
+    if timm_rows is not None:
+        _print_timm_rows(timm_rows, filtered=bool(pattern))
     return 0
 
 
+def _timm_rows(pattern: str) -> list[dict[str, Any]]:
+    """The measured status of the timm architectures whose ``timm:NAME`` matches."""
+
+    data = load_matrix()
+    names = filter_names([f"timm:{n}" for n in data["models"]], pattern or "*")
+    return [summarize(n[5:], data["models"][n[5:]], data.get("heads", [])) for n in names]
+
+
+def _print_timm_rows(rows: list[dict[str, Any]], filtered: bool) -> None:
+
+    data = load_matrix()
+    tiers = [r["tier"] for r in rows]
+    print(
+        f"timm architectures ({len(rows)}; measured with timm {data.get('timm')}: {tiers.count('real')} for real, "
+        f"{tiers.count('meta')} on the meta device only, {tiers.count(None)} failed or not measured; docs/backbones.md)"
+    )
+    if not filtered:
+        print("  filter to see them, e.g. segzoo list --backbones convnext")
+        return
+    print(table([[r["name"], r["module"], f"{r['params'] / 1e6:.1f}" if "params" in r else "",
+                  "/".join(r.get("output_strides", [])), r["tier"] or "-",
+                  " ".join(r["heads"]) or r.get("cause", "")] for r in rows],
+                ["NAME", "FAMILY", "PARAMS(M)", "OUTPUT STRIDES", "TIER", "HEADS THAT WORK"]))  # fmt: skip
+
+
 def _list_pretrained(pattern: str, as_json: bool) -> int:
-    from ._factory import list_models
-    from ._plugins import registry
 
     rows = []
     for full in list_models(pattern, pretrained=True):
@@ -96,14 +212,13 @@ def _list_pretrained(pattern: str, as_json: bool) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ._factory import model_info
-    from ._plugins import registry
-    from ._registry import UnknownNameError, describe_builder, unknown_name_message
 
     reg = registry()
     name = args.name
-    if name.split(".", 1)[0] in reg.names("model"):
-        info: dict[str, Any] = {"kind": "model", **model_info(name)}
+    if name.startswith(("local-dir:", "hf-hub:")):
+        info: dict[str, Any] = {"kind": "saved model", **model_info(name)}
+    elif name.split(".", 1)[0] in reg.names("model"):
+        info = {"kind": "model", **model_info(name)}
     else:
         for kind in ("backbone", "head"):
             try:
@@ -117,6 +232,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "provider": e.provider(),
                 "kwargs": describe_builder(e),
             }
+            if kind == "backbone" and name.startswith("timm:"):
+                info["verified"] = _timm_status(name[5:])
             break
         else:
             known = reg.names("model") + reg.names("backbone") + reg.names("head")
@@ -132,6 +249,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         elif key == "weights":
             print("weights:" if value else "weights: none")
             for tag, ws in value.items():
+                if tag == "saved":
+                    print(f"  source: {ws.get('source')}, tag: {ws.get('tag')}, metrics: {ws.get('metrics')}")
+                    continue
                 m = ws.get("metrics") or {}
                 score = (
                     f" mIoU {m.get('miou')} / pixel acc {m.get('pixel_acc')} on {m.get('dataset')}"
@@ -147,13 +267,23 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _timm_status(arch: str) -> dict[str, Any]:
+
+    data = load_matrix()
+    entry = data["models"].get(arch)
+    if entry is None:
+        return {"tier": None, "cause": f"not in the matrix measured with timm {data.get('timm')}"}
+    s = summarize(arch, entry, data.get("heads", []))
+    return {k: v for k, v in s.items() if k not in ("name", "module")}
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from ._plugins import plugins
 
     recs = plugins()
+    status = 1 if args.strict and any(r.failed for r in recs) else 0
     if args.json:
         _print_json([r.__dict__ | {"failed": r.failed} for r in recs])
-        return 0
+        return status
     rows = []
     for r in recs:
         what = "; ".join(f"{k}s: {', '.join(v)}" for k, v in r.registered.items()) or "-"
@@ -163,20 +293,30 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         rows.append([r.name, source, ",".join(r.hooks) or "-", what if not r.failed else "-",
                      "FAILED: " + r.error if r.failed else "ok"])  # fmt: skip
     print(table(rows, ["PLUGIN", "SOURCE", "HOOKS", "REGISTERED", "STATUS"]))
-    return 1 if args.strict and any(r.failed for r in recs) else 0
+    failed = [r.name for r in recs if r.failed]
+    if args.strict and failed:
+        print(f"segzoo plugins: error: --strict: {len(failed)} plugin(s) failed: {', '.join(failed)}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_torchvision
 
-    folder = convert_torchvision(args.name, args.checkpoint, args.outdir)
+    converter = registry().get("converter", args.source).obj
+    if not args.inputs:
+        raise ValueError(f"segzoo convert {args.source} needs its input(s) and then OUTDIR")
+    inputs = [
+        str(download_folder(*parse_hub_name(i[len("hf-hub:") :]))) if i.startswith("hf-hub:") else i
+        for i in args.inputs
+    ]
+    folder = converter(*inputs, outdir=args.outdir, overwrite=args.overwrite)
     print(f"wrote {folder} (model.safetensors, config.json, README.md); load it with "
           f"segzoo.create('local-dir:{folder}')")  # fmt: skip
     return 0
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_to_hub
 
     url = push_to_hub(
         args.directory,
@@ -191,9 +331,6 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from .engine.train import TrainConfig, train
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
@@ -204,29 +341,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    """One option per TrainConfig field, so the CLI and the Python API cannot drift apart."""
-    import dataclasses
-    import typing
-
-    from .engine.train import FIELD_HELP, TrainConfig
+    """One argument per TrainConfig field, with its type, default, help text and choices, so the CLI
+    and the Python API cannot drift apart; a required field is a positional argument."""
 
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "model":
-            p.add_argument("model", help=FIELD_HELP["model"])
+        helptext, choices, parse = f.metadata["help"], f.metadata.get("choices"), f.metadata.get("parse")
+        if f.default is dataclasses.MISSING:
+            p.add_argument(f.name, metavar=f.name.upper(), help=helptext)
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = hints[f.name]
         args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
-        default = f.default if f.default is not dataclasses.MISSING else None
-        helptext = f"{FIELD_HELP.get(f.name, '')} (default: {default})"
+        base = next((a for a in args if a is not type(None)), kind) if type(None) in args else kind
+        default = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
+        kw: dict[str, Any] = {"default": None, "help": f"{helptext} (default: {default})"}
         if base is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(base) is tuple:
-            p.add_argument(flag, type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help=helptext)
+            item = typing.get_args(base)[0]
+            p.add_argument(flag, type=item, nargs=len(typing.get_args(base)), metavar=("LOW", "HIGH"), **kw)
         else:
-            p.add_argument(flag, type=base, default=None, help=helptext)
+            p.add_argument(flag, type=_checked(parse) if parse else base, choices=choices, **kw)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -241,21 +377,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _load_model(name: str, device: str | None):
     import torch
 
-    from . import create
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return create(name, pretrained=True).to(device), device
 
 
+def _maybe_optimize(model, args: argparse.Namespace):
+    """--fast / --compile: segzoo.optimize's inference path."""
+    if not (getattr(args, "fast", False) or getattr(args, "compile", False)):
+        return model
+
+    return optimize(model, compile=args.compile)
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.predict import class_names, iter_predictions, write_prediction
 
     model, device = _load_model(args.model, args.device)
+    model = _maybe_optimize(model, args)
     labels = class_names(model)
     n = 0
     for pred in iter_predictions(
         model, args.images, size=args.size, batch_size=args.batch_size, device=device,
-        tile=args.tile, overlap=args.overlap, progress=True,
+        tile=args.tile, overlap=args.overlap, progress=True, max_pixels=args.max_pixels,
     ):  # fmt: skip
         write_prediction(pred, args.out, labels, alpha=args.alpha)
         n += 1
@@ -268,36 +410,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ._files import write_text
-    from ._viz import confusion_matrix_image, save_image
-    from .engine.evaluate import evaluate
-
-    split = None if args.split == "all" else args.split
+    split = None if args.split == "all" else (args.split or "val")
     model, device = _load_model(args.model, args.device)
+    model = _maybe_optimize(model, args)
     num_classes = model.config.get("num_classes")
     if args.format == "synth":
         from .data import SYNTHETIC_CLASSES, SyntheticSegmentation
 
         if not 2 <= num_classes <= len(SYNTHETIC_CLASSES):
-            raise ValueError(
+            raise UsageError(
                 f"the synthetic set has 2 to {len(SYNTHETIC_CLASSES)} classes; this model predicts {num_classes}"
             )
         data = SyntheticSegmentation(args.n, seed=args.seed, split=split, num_classes=num_classes)
         where = f"synthetic n={args.n} seed={args.seed}"
     else:
-        from .data import open_dataset
+        from .data import detect_format, open_dataset
 
         if not args.data:
-            raise ValueError("--data PATH is required (or --format synth for the generated dataset)")
+            raise UsageError("--data PATH is required (or --format synth for the generated dataset)")
+        fmt = args.format or detect_format(args.data)
+        if fmt == "folder" and args.split is None and not (Path(args.data) / "splits").is_dir():
+            split = None
+            print(f"{args.data} has no splits/ folder: evaluating every image", file=sys.stderr)
         # the model's class count names the classes only where the folder does not
         named = any((Path(args.data) / f).is_file() for f in ("classes.txt", "classes.json"))
-        data = open_dataset(args.data, args.format, split, num_classes=None if named else num_classes)
+        data = open_dataset(args.data, fmt, split, num_classes=None if named else num_classes,
+                            categories=_split_list(args.categories), labels=model.config.get("labels"))  # fmt: skip
         where = args.data
-    print(f"evaluating {args.model} on {where} (split {args.split}, {len(data)} images)", file=sys.stderr)
+    shown = "all" if split is None else split
+    print(f"evaluating {args.model} on {where} (split {shown}, {len(data)} images)", file=sys.stderr)
     result = evaluate(model, data, batch_size=args.batch_size, size=args.size, device=device,
-                      num_workers=args.workers, progress=True)  # fmt: skip
+                      num_workers=args.workers, progress=True, max_pixels=args.max_pixels)  # fmt: skip
     print(result.table())
-    result.extra.update(model=args.model, data=where, format=args.format, split=args.split, size=args.size)
+    result.extra.update(model=args.model, data=where, format=args.format, split=shown, size=args.size)
     if args.json:
         write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -321,11 +466,47 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_list(text: str | None) -> list[str] | None:
+    """A comma-separated option as a list (None when not given)."""
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def cmd_data_coco_subset(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .data import write_coco_subset
+
+    out = write_coco_subset(args.annotations, args.images, args.out, _split_list(args.categories) or [],
+                            min_area=args.min_area, val_fraction=args.val_fraction, seed=args.seed,
+                            progress=lambda it: tqdm(it, unit="img", disable=None))  # fmt: skip
+    n = len((out / "splits" / "train.txt").read_text().split()) + len(
+        (out / "splits" / "val.txt").read_text().split()
+    )
+    classes = (out / "classes.txt").read_text().split("\n")
+    print(f"wrote {n} images of {', '.join(c for c in classes[1:] if c)} to {out} "
+          "(images/, masks/, classes.txt, splits/train.txt, splits/val.txt)")  # fmt: skip
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export, read_metadata
+
+    model, _ = _load_model(args.model, "cpu")
+    path = export(model, args.out, args.format, static=args.static, keep_aux=args.keep_aux,
+                  multiple=args.multiple)  # fmt: skip
+    size = read_metadata(path)["size"]
+    if size["static"]:
+        shape = f"N x 3 x {size['static'][0]} x {size['static'][1]}"
+    else:
+        shape = f"N x 3 x H x W, H and W multiples of {size['multiple']} and at least {size['min']}"
+    print(f"wrote {path} ({args.format}; input {shape}) and its metadata {path}.json")
+    return 0
+
+
 # -- wiring -------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
 
     parser = argparse.ArgumentParser(
         prog="segzoo", description="A plugin-based semantic-segmentation model zoo."
@@ -339,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", action="store_true", help="only models")
     p.add_argument("--backbones", action="store_true", help="only backbones")
     p.add_argument("--heads", action="store_true", help="only heads")
+    p.add_argument("--converters", action="store_true", help="only checkpoint converters")
     p.add_argument("--pretrained", action="store_true", help="list model weight tags (name.tag)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
@@ -350,14 +532,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="installed plugins, what they registered, failures")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any plugin failed")
+    p.add_argument("--strict", action="store_true", help="exit 1 if a plugin failed or is missing")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("convert", help="convert another library's checkpoint into a segzoo folder")
-    p.add_argument("source", choices=["torchvision"], help="where the checkpoint comes from")
-    p.add_argument("name", help="the segzoo recipe, e.g. deeplabv3_resnet101")
-    p.add_argument("checkpoint", help="the .pth file (read with torch.load(weights_only=True))")
+    p.add_argument(
+        "source", help="the converter: torchvision, or one a plugin adds (segzoo list --converters)"
+    )
+    p.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="what the converter reads: torchvision RECIPE CHECKPOINT.pth; hf-hub:ORG/REPO is downloaded first",
+    )
     p.add_argument("outdir", help="the segzoo folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder that is not segzoo's")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("push", help="push a segzoo folder to the Hugging Face Hub")
@@ -382,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole pipeline offline: synthetic data, train, eval, save, reload, predict"
     )
     p.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
-    p.add_argument("--n", type=int, default=1000, help="synthetic samples to train and validate on")
+    p.add_argument(
+        "--n", type=_ranged(int, 1), default=1000, help="synthetic samples to train and validate on"
+    )
     p.set_defaults(func=cmd_demo)
 
     model_help = "any name segzoo.create accepts: local-dir:DIR, hf-hub:ORG/REPO, NAME or NAME.TAG"
@@ -393,44 +584,93 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="DIR", help="writes DIR/masks/NAME.png and DIR/overlays/NAME.png"
     )
     _run_options(p)
-    p.add_argument("--tile", type=int, metavar="SIZE", help="sliding-window inference with SIZE x SIZE tiles")
-    p.add_argument("--overlap", type=float, default=0.25, metavar="F", help="tile overlap fraction (0.25)")
-    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the class colours in overlays (0.5)")
+    p.add_argument("--tile", type=_ranged(int, MIN_TILE, note=f" (the models downsample up to {MIN_TILE} times)"),
+                   metavar="SIZE", help=f"sliding-window inference with SIZE x SIZE tiles, SIZE >= {MIN_TILE}")  # fmt: skip
+    p.add_argument("--overlap", type=_ranged(float, 0, 1, open_high=True), default=0.25, metavar="F",
+                   help="tile overlap fraction in [0, 1) (0.25)")  # fmt: skip
+    p.add_argument("--alpha", type=_ranged(float, 0, 1), default=0.5,
+                   help="opacity of the class colours in overlays, in [0, 1] (0.5)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="mIoU, accuracies and per-class IoU on a labelled dataset")
     p.add_argument("model", metavar="MODEL", help=model_help)
     p.add_argument("--data", metavar="PATH", help="dataset folder (not needed with --format synth)")
-    p.add_argument("--format", choices=["voc", "folder", "synth"], help="dataset layout (default: detected)")
+    p.add_argument("--format", choices=["voc", "folder", "coco", "cityscapes", "ade20k", "synth"],
+                   help="dataset layout (default: detected)")  # fmt: skip
     p.add_argument(
-        "--split", default="val", help="split to evaluate ('all': every image of a folder dataset)"
+        "--split",
+        help="split to evaluate (default: val; a folder dataset without splits/ and 'all': every image)",
     )
-    p.add_argument("--n", type=int, default=200, help="--format synth: samples in the generated set (200)")
+    p.add_argument("--categories", metavar="A,B",
+                   help="--format coco: COCO category names or ids (default: the model's labels when they "
+                   "are COCO categories, else the 20 Pascal VOC ones)")  # fmt: skip
+    p.add_argument(
+        "--n", type=_ranged(int, 1), default=200, help="--format synth: samples in the generated set (200)"
+    )
     p.add_argument("--seed", type=int, default=0, help="--format synth: seed of the generated set (0)")
     p.add_argument("--json", metavar="OUT", help="write the metrics and the confusion matrix as JSON")
     p.add_argument("--confusion-matrix", metavar="PNG",
                    help="write the row-normalised confusion matrix (default with --json: OUT.confusion.png)")  # fmt: skip
     _run_options(p)
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (0)")
+    p.add_argument("--workers", type=_ranged(int, 0), default=0, help="data-loading worker processes (0)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "export", help="export a model to ONNX, a torch.export program or an AOTInductor package"
+    )
+    p.add_argument("model", metavar="MODEL", help=model_help)
+    p.add_argument("--format", required=True, choices=["onnx", "pt2", "aoti"],
+                   help="onnx (ONNX Runtime), pt2 (torch.export.load), aoti (AOTInductor package for C++)")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="PATH", help="the file to write (metadata: PATH.json)")
+    p.add_argument("--static", type=int, nargs=2, metavar=("H", "W"), help="export one input size")
+    p.add_argument("--keep-aux", action="store_true", help="also return the auxiliary head's output")
+    p.add_argument("--multiple", type=int, metavar="M",
+                   help="H and W multiples of M (default: the least constraint the model exports with)")  # fmt: skip
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("data", help="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     p = data_sub.add_parser("synth", help="write the synthetic dataset in the folder layout")
     p.add_argument("out", metavar="OUT", help="a new (or empty) folder")
-    p.add_argument("--n", type=int, default=200, help="number of samples (200)")
+    p.add_argument("--n", type=_ranged(int, 1), default=200, help="number of samples (200)")
     p.add_argument("--seed", type=int, default=0, help="seed (0)")
     p.add_argument("--num-classes", type=int, default=6, help="classes including background, 2..6 (6)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of samples in splits/val.txt (0.2)")
+    p.add_argument("--val-fraction", type=_ranged(float, 0, 1, open_low=True, open_high=True), default=0.2,
+                   help="share of samples in splits/val.txt, in (0, 1) (0.2)")  # fmt: skip
     p.set_defaults(func=cmd_data_synth, command="data synth")
+    p = data_sub.add_parser("coco-subset", help="write COCO images of some categories in the folder layout")
+    p.add_argument(
+        "annotations", metavar="ANNOTATIONS", help="a COCO instances file, e.g. instances_train2017.json"
+    )
+    p.add_argument("images", metavar="IMAGES", help="the folder of its images, e.g. train2017/")
+    p.add_argument("out", metavar="OUT", help="a new (or empty) folder")
+    p.add_argument(
+        "--categories", required=True, metavar="A,B", help="COCO category names or ids, e.g. cat,dog"
+    )
+    p.add_argument("--min-area", type=float, default=1000,
+                   help="leave out images whose kept annotations cover this many pixels or fewer (1000)")  # fmt: skip
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images in splits/val.txt (0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (0)")
+    p.set_defaults(func=cmd_data_coco_subset, command="data coco-subset")
     return parser
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
-    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (1)")
-    p.add_argument("--size", type=int,
+
+    p.add_argument(
+        "--device", type=_device, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"
+    )
+    p.add_argument("--batch-size", type=_ranged(int, 1), default=1, help="images per forward pass (1)")
+    p.add_argument("--size", type=_ranged(int, 0),
                    help="resize the shorter side to SIZE (default: the model's preprocessing; 0 keeps the size)")  # fmt: skip
+    p.add_argument("--max-pixels", type=_ranged(int, 1), metavar="N",
+                   help=f"refuse images of more than N pixels as read or resized (default: ${MAX_PIXELS_ENV}, "
+                   f"else {DEFAULT_MAX_PIXELS})")  # fmt: skip
+    p.add_argument("--fast", action="store_true",
+                   help="segzoo.optimize: BatchNorm folded, channels_last, bf16 autocast on GPU")  # fmt: skip
+    p.add_argument(
+        "--compile", action="store_true", help="--fast and torch.compile (compiles at each new size)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -447,6 +687,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"segzoo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        torch = sys.modules.get("torch")
+        if isinstance(err, MemoryError | getattr(torch, "OutOfMemoryError", MemoryError)):
+            print(f"segzoo {args.command}: error: out of memory ({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
+                  "use a smaller --batch-size or --size, --tile, or another --device", file=sys.stderr)  # fmt: skip
+            return 2
+        traceback.print_exc()
+        print(
+            f"segzoo {args.command}: this is a bug in segzoo {__version__}, not a mistake of yours: please "
+            "report it to the segzoo developers with the command you ran and the traceback above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -44,10 +44,21 @@ def register_heads(register: RegisterBuilder) -> None:
 
 
 @hookspec
+def register_converters(register: RegisterBuilder) -> None:
+    """Add checkpoint converters: ``register(name, converter, description=...)``.
+
+    ``converter(*inputs, outdir, overwrite=False)`` reads another library's checkpoint and writes a
+    segzoo folder at ``outdir``, returning its path; ``segzoo convert NAME INPUT... OUTDIR`` calls
+    it. An input written ``hf-hub:ORG/REPO[@REV]`` reaches the converter as the local folder holding
+    that repo's ``config.json`` and ``model.safetensors``.
+    """
+
+
+@hookspec
 def register_models(register: RegisterModel) -> None:
     """Add model recipes: ``register(name, backbone=..., head=..., **fields)``.
 
-    The fields are those of ``segzoo._registry.Recipe``: ``num_classes``, ``aux``,
+    The fields of a recipe: ``num_classes``, ``aux``,
     ``aux_head``, ``backbone_kwargs``, ``head_kwargs``, ``aux_head_kwargs``, ``labels``,
     ``preprocessing``, ``description`` and ``weights``.
     """

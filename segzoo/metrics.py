@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .errors import DataError, UsageError
+
 __all__ = ["ConfusionMatrix", "SegmentationMetrics"]
 
 
@@ -62,7 +64,7 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, *, ignore_index: int | None = 255, device: Any = None) -> None:
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+            raise UsageError(f"num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         # n*n cells, then one bin for ignored pixels and one for invalid ones
@@ -88,7 +90,7 @@ class ConfusionMatrix:
         if prediction.ndim == target.ndim + 1:
             prediction = prediction.argmax(1)
         if prediction.shape != target.shape:
-            raise ValueError(
+            raise UsageError(
                 f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape"
             )
         if self._counts.device != target.device:
@@ -110,7 +112,7 @@ class ConfusionMatrix:
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add another matrix's counts into this one (for per-worker or per-shard matrices)."""
         if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
+            raise UsageError(f"cannot merge {other.num_classes} classes into {self.num_classes}")
         self._counts += other._counts.to(self._counts.device)
         return self
 
@@ -132,7 +134,7 @@ class ConfusionMatrix:
         :class:`SegmentationMetrics` for the NaN rule)."""
         invalid = int(self._counts[-1])
         if invalid:
-            raise ValueError(
+            raise DataError(
                 f"{invalid} pixels had a target or prediction outside the {self.num_classes} classes "
                 f"0..{self.num_classes - 1} (other than ignore_index {self.ignore_index}): the data and "
                 "the model disagree on the number of classes"
@@ -148,7 +150,7 @@ class ConfusionMatrix:
         total = h.sum()
         names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(h.shape[0])]
         if len(names) != self.num_classes:
-            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
+            raise UsageError(f"{len(names)} class names for {self.num_classes} classes")
         return SegmentationMetrics(
             miou=_nanmean(iou),
             pixel_accuracy=float(tp.sum() / total) if total > 0 else math.nan,

@@ -9,6 +9,10 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from . import hub
+from ._folder import save_pretrained
+from .errors import UsageError
+
 __all__ = ["SegmentationModel"]
 
 
@@ -32,7 +36,7 @@ class SegmentationModel(nn.Module):
         super().__init__()
         info = getattr(backbone, "feature_info", None)
         if info is None or not hasattr(info, "names"):
-            raise TypeError(
+            raise UsageError(
                 f"the backbone ({type(backbone).__name__}) has no feature_info: wrap it, e.g. "
                 "segzoo.FeatureExtractor(net, return_nodes={'layer4': 'out'})"
             )
@@ -41,12 +45,12 @@ class SegmentationModel(nn.Module):
                 continue
             wanted = getattr(h, "in_features", None)
             if not wanted:
-                raise TypeError(
+                raise UsageError(
                     f"the {role} ({type(h).__name__}) must declare in_features, the feature names it takes"
                 )
             missing = [n for n in wanted if n not in info.names()]
             if missing:
-                raise ValueError(
+                raise UsageError(
                     f"the {role} takes features {missing} that the backbone does not return "
                     f"(it returns {info.names()})"
                 )
@@ -75,12 +79,11 @@ class SegmentationModel(nn.Module):
     def labels(self) -> list[str] | None:
         return self.config.get("labels")
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``model.safetensors``, ``config.json`` and ``README.md`` (atomically); reload
-        with ``segzoo.create("local-dir:DIR")``."""
-        from .hub import save_pretrained
-
-        return save_pretrained(self, directory)
+        with ``segzoo.create("local-dir:DIR")``. A non-empty folder that is not a segzoo folder is
+        refused unless ``overwrite=True``."""
+        return save_pretrained(self, directory, overwrite=overwrite)
 
     def push_to_hub(
         self,
@@ -93,15 +96,13 @@ class SegmentationModel(nn.Module):
     ) -> str:
         """Push the model to a Hugging Face Hub repo (created if needed) in one commit; returns
         the commit URL. Reload with ``segzoo.create("hf-hub:REPO_ID")``."""
-        from .hub import push_to_hub
-
-        return push_to_hub(
+        return hub.push_to_hub(
             self, repo_id, private=private, revision=revision, commit_message=commit_message, token=token
         )
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if x.ndim != 4:
-            raise ValueError(
+            raise UsageError(
                 f"expected a batch of images N x C x H x W, got a tensor of shape {tuple(x.shape)}"
             )
         size = x.shape[-2:]

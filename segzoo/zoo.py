@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
+from ._constants import VOC_LABELS
 from .hookspecs import hookimpl
-
-# torchvision's _VOC_CATEGORIES, the labels of its COCO-with-VOC-labels weights
-VOC_LABELS = (
-    "__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
-
 
 _TV = "https://download.pytorch.org/models/"
 # torchvision's COCO-with-VOC-labels checkpoints: file, the sha256 prefix torchvision publishes in

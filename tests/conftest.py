@@ -1,27 +1,19 @@
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
 
+import segzoo
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-@contextlib.contextmanager
-def plugin(obj: object, name: str) -> Iterator[object]:
-    """Register a throwaway plugin for the duration of a block, and always remove it."""
-    from segzoo import _plugins
-
-    record = _plugins.register_plugin(obj, name)
-    try:
-        yield record
-    finally:
-        _plugins.unregister_plugin(name)
+# A throwaway plugin: `with plugin(obj, name) as record:` registers it and removes it afterwards.
+plugin = segzoo.register_plugin
 
 
 @pytest.fixture
@@ -52,3 +44,19 @@ def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.Compl
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=300, check=False
     )
+
+
+def installed(distribution: str) -> bool:
+    """Whether a distribution (e.g. an optional plugin package) is installed."""
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def requires(distribution: str) -> pytest.MarkDecorator:
+    """Skip a test that needs an optional plugin package: core tests run without any plugin."""
+    return pytest.mark.skipif(not installed(distribution), reason=f"{distribution} is not installed")

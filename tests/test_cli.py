@@ -8,7 +8,7 @@ import pytest
 
 from segzoo.cli import main
 
-from .conftest import plugin
+from .conftest import installed, plugin
 from .test_plugins import Raising
 
 
@@ -57,7 +57,8 @@ def test_plugins_lists_builtins_entry_points_and_failures(capsys):
     rc, out, _ = run(capsys, "plugins")
     assert rc == 0
     assert "segzoo.zoo" in out and "built-in" in out
-    assert "deeplabv3plus" in out and "segzoo-deeplabv3plus" in out
+    if installed("segzoo-deeplabv3plus"):
+        assert "deeplabv3plus" in out and "segzoo-deeplabv3plus" in out
     with pytest.warns(RuntimeWarning), plugin(Raising(), "raising"):
         rc, out, _ = run(capsys, "plugins", "--strict")
         assert rc == 1
@@ -65,3 +66,23 @@ def test_plugins_lists_builtins_entry_points_and_failures(capsys):
         rc, out, _ = run(capsys, "plugins", "--json")
         rec = {r["name"]: r for r in json.loads(out)}
         assert rec["raising"]["failed"] and rec["segzoo.zoo"]["registered"]["model"]
+
+
+def test_info_describes_a_saved_folder(capsys, tmp_path):
+    import segzoo
+
+    model = segzoo.create("lraspp", backbone="mobilenet_v3_small", num_classes=3)
+    model.config["labels"] = ["bg", "cat", "dog"]
+    folder = model.save_pretrained(tmp_path / "m")
+    rc, out, _ = run(capsys, "info", f"local-dir:{folder}", "--json")
+    assert rc == 0
+    info = json.loads(out)
+    assert (
+        info["kind"] == "saved model"
+        and info["head"] == "lraspp"
+        and info["backbone"] == "mobilenet_v3_small"
+    )
+    assert info["labels"] == ["bg", "cat", "dog"]
+    assert info["num_params"] == sum(p.numel() for p in model.parameters())
+    rc, _, err = run(capsys, "info", f"local-dir:{tmp_path / 'nowhere'}")
+    assert rc == 2 and "no segzoo folder" in err

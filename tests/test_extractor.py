@@ -11,6 +11,7 @@ from torch import nn
 
 import segzoo
 from segzoo import Feature, FeatureExtractor, FeatureInfo
+from segzoo.errors import UsageError
 
 
 class TinyNet(nn.Module):
@@ -148,7 +149,7 @@ def test_unknown_node_names_get_close_matches():
 
 
 def test_bad_arguments_are_refused_clearly():
-    with pytest.raises(TypeError, match="wraps an nn.Module"):
+    with pytest.raises(UsageError, match="wraps an nn.Module"):
         FeatureExtractor(lambda x: x, ["a"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="return_nodes is empty"):
         FeatureExtractor(TinyNet(), {})

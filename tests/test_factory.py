@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import segzoo
+from segzoo.errors import UnknownNameError, UsageError
 
 
 def test_list_functions_filter_with_fnmatch():
@@ -24,13 +25,13 @@ def test_list_functions_filter_with_fnmatch():
 
 
 def test_unknown_names_suggest_the_closest():
-    with pytest.raises(ValueError, match="unknown model 'deeplab_resnet50'.*deeplabv3_resnet50"):
+    with pytest.raises(UnknownNameError, match="unknown model 'deeplab_resnet50'.*deeplabv3_resnet50"):
         segzoo.create("deeplab_resnet50")
-    with pytest.raises(ValueError, match="unknown backbone 'resnet05'.*resnet50"):
+    with pytest.raises(UnknownNameError, match="unknown backbone 'resnet05'.*resnet50"):
         segzoo.create("fcn", backbone="resnet05", num_classes=2)
-    with pytest.raises(ValueError, match="unknown head 'fnc'.*fcn"):
+    with pytest.raises(UnknownNameError, match="unknown head 'fnc'.*fcn"):
         segzoo.create(head="fnc", backbone="resnet18", num_classes=2)
-    with pytest.raises(ValueError, match="unknown backbone 'timm:resnet5'.*timm:resnet50"):
+    with pytest.raises(UnknownNameError, match="unknown timm model 'timm:resnet5'.*timm:resnet50"):
         segzoo.create("fcn", backbone="timm:resnet5", num_classes=2)
 
 
@@ -65,20 +66,22 @@ def test_recipe_overrides():
 
 
 def test_keyword_errors_are_clear():
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'atrous_rate'.*takes \['atrous_rates'"):
+    with pytest.raises(
+        UsageError, match=r"unexpected keyword argument 'atrous_rate'.*takes \['atrous_rates'"
+    ):
         segzoo.create("deeplabv3_resnet50", atrous_rate=(1, 2, 3))
-    with pytest.raises(TypeError, match="needs num_classes"):
+    with pytest.raises(UsageError, match="needs num_classes"):
         segzoo.create("fcn", backbone="resnet18")
-    with pytest.raises(TypeError, match="say which backbone"):
+    with pytest.raises(UsageError, match="say which backbone"):
         segzoo.create("fcn", num_classes=2)
     with pytest.raises(ValueError, match="num_classes must be a positive int"):
         segzoo.create("fcn_resnet50", num_classes=0)
     with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32"):
         segzoo.create("fcn_resnet50", output_stride=4)
-    with pytest.raises(ValueError, match="BasicBlocks.*output_stride=32"):
-        segzoo.create("fcn", backbone="resnet18", num_classes=2, output_stride=8)
-    with pytest.raises(ValueError, match="does not support output_stride"):
-        segzoo.create("fcn", backbone="timm:vit_tiny_patch16_224", num_classes=2, output_stride=16)
+    with pytest.raises(ValueError, match="BasicBlocks.*dilation='uniform', output_stride=32"):
+        segzoo.create("fcn", backbone="resnet18", num_classes=2, output_stride=8, dilation="torchvision")
+    with pytest.raises(ValueError, match="cannot be dilated to output_stride=8"):
+        segzoo.create("fcn", backbone="timm:vit_tiny_patch16_224", num_classes=2, output_stride=8)
 
 
 def test_a_users_own_module_as_backbone():
@@ -101,7 +104,7 @@ def test_a_users_own_module_as_backbone():
     assert m.config["backbone"] is None  # recorded as not rebuildable from a name
     assert {k.split(".")[1] for k in m.state_dict() if k.startswith("backbone.")} == {"a", "b"}
 
-    with pytest.raises(TypeError, match="FeatureExtractor"):
+    with pytest.raises(UsageError, match="FeatureExtractor"):
         segzoo.create(head="fcn", backbone=MyNet(), num_classes=3)
 
 
@@ -130,5 +133,36 @@ def test_model_info_builds_on_the_meta_device_and_reports_features():
     feats = {f["name"]: f for f in info["features"]}
     assert feats["4"]["channels"] == 40 and feats["4"]["reduction"] == 8 and "low" in feats["4"]["roles"]
     assert feats["16"]["channels"] == 960 and feats["16"]["reduction"] == 16
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(UnknownNameError, match="unknown model"):
         segzoo.model_info("nope")
+
+
+@pytest.mark.parametrize(
+    ("text", "parts"),
+    [
+        ("deeplabv3_resnet50", (None, "deeplabv3_resnet50", None)),
+        ("deeplabv3_resnet50.tv_coco_voc", (None, "deeplabv3_resnet50", "tv_coco_voc")),
+        ("local-dir:./a b/c", ("local-dir", "", None)),
+        ("hf-hub:org/repo", ("hf-hub", "", None)),
+        ("hf-hub:org/repo@v1.0", ("hf-hub", "", None)),
+    ],
+)
+def test_one_parser_for_model_names(text, parts):
+    from segzoo._names import parse_model_name
+
+    p = parse_model_name(text)
+    assert (p.scheme, p.name, p.tag) == parts
+    if p.scheme == "local-dir":
+        assert p.path == "./a b/c"
+    if p.scheme == "hf-hub":
+        assert p.repo_id == "org/repo" and p.revision == ("v1.0" if "@" in text else None)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "a.b.c", "../x", "hf-hub:org", "hf-hub:org/repo/extra", "hf-hub:../../etc/passwd", "hf-hub:org/re po",
+     "hf-hub:org/repo@", "local-dir:", "fcn resnet"],
+)  # fmt: skip
+def test_malformed_model_names_are_one_usage_error(text):
+    with pytest.raises(UsageError):
+        segzoo.create(text)

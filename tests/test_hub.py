@@ -25,7 +25,7 @@ import torch
 
 import segzoo
 from segzoo.cli import main as cli_main
-from segzoo.hub import FolderFormatError, HubNotFoundError
+from segzoo.errors import FolderError, HubNotFoundError
 
 from .conftest import plugin
 from .hub_servers import GitMirrors, HubFake, OlahServer, refuses_connections
@@ -270,7 +270,7 @@ def test_a_weight_tag_loads_its_pinned_revision_and_checks_sha256(olah, mirrors,
     with plugin(HubTags(tags), "hub-tags"):
         assert torch.equal(out(segzoo.create("hubtoy.v1", pretrained=True)), tiny[0].out)
         assert torch.equal(out(segzoo.create("hubtoy.v1_prefix", pretrained=True)), tiny[0].out)
-        with pytest.raises(FolderFormatError) as info:
+        with pytest.raises(FolderError) as info:
             segzoo.create("hubtoy.wrong", pretrained=True)
     assert str(info.value) == (
         f"sha256 mismatch for {repo}@{second}/model.safetensors: expected {tiny[0].sha256}, got {tiny[1].sha256}"
@@ -290,7 +290,7 @@ def test_a_corrupted_cached_file_fails_the_tags_sha256(olah, mirrors, tiny, hub_
         data = bytearray(blob.read_bytes())
         data[-1] ^= 0xFF  # a bit flip in the last weight: still a valid safetensors file
         blob.write_bytes(bytes(data))
-        with pytest.raises(FolderFormatError, match=f"sha256 mismatch for {repo}@{first}/model.safetensors"):
+        with pytest.raises(FolderError, match=f"sha256 mismatch for {repo}@{first}/model.safetensors"):
             segzoo.create("hubtoy.v1", pretrained=True)
 
 
@@ -487,5 +487,5 @@ def test_a_verified_file_is_not_hashed_again_until_it_changes(tmp_path, monkeypa
     assert len(opened) == 2
     blob.write_bytes(b"tampered" * 1000)
     os.utime(blob, ns=(1, 1))  # a different mtime even on coarse clocks
-    with pytest.raises(FolderFormatError, match="sha256 mismatch for blob"):
+    with pytest.raises(FolderError, match="sha256 mismatch for blob"):
         hub._check_sha256(blob, digest[:8], "blob")

@@ -1,7 +1,10 @@
-"""Every registered recipe, and every head on every backbone: build, forward, backward.
+"""Every registered recipe, every head on small backbones of each kind, and every backbone under
+two heads: build, forward, backward.
 
 Parametrized over the live registry, so a new recipe, head or backbone (a plugin's too) is tested
-without touching this file.
+without touching this file. A head builder may declare ``required_strides``, the feature
+reductions it needs from a backbone; backbones without them (a plain ViT has one stride) are
+skipped for it.
 """
 
 from __future__ import annotations
@@ -10,9 +13,13 @@ import pytest
 import torch
 
 import segzoo
+from segzoo._plugins import registry
 
 # A family backbone ("prefix:*") serves many names; these stand in for it.
-FAMILY_EXAMPLES = {"timm:*": ["timm:resnet18", "timm:convnext_atto"]}
+FAMILY_EXAMPLES = {
+    "timm:*": ["timm:resnet18", "timm:convnext_atto"],
+    "timm-vit:*": ["timm-vit:vit_tiny_patch16_224"],  # segzoo-smp-heads
+}
 
 
 def backbones() -> list[str]:
@@ -56,9 +63,30 @@ def test_every_recipe_builds_runs_and_trains(name):
     check_model(model, info["num_classes"])
 
 
-@pytest.mark.parametrize("backbone", backbones())
-@pytest.mark.parametrize("head", segzoo.list_heads())
-def test_every_head_on_every_backbone(head, backbone):
+# One small backbone of each layout heads meet: a torchvision ResNet (strides 2..32), a dilated
+# MobileNet (strides repeat), a timm ConvNeXt (no stride 2) and, where present, a plain ViT.
+SMALL_BACKBONES = ["resnet18", "mobilenet_v3_small", "timm:convnext_atto"]
+SMALL_BACKBONES += [b for b in backbones() if b.startswith("timm-vit:")]
+
+
+def check_head_on(head: str, backbone: str) -> None:
+    needs = set(getattr(registry().get("head", head).obj, "required_strides", ()))
+    with torch.device("meta"):
+        info = segzoo.create("fcn", backbone=backbone, num_classes=1).feature_info
+    if not needs <= set(info.reductions()):
+        pytest.skip(f"{head} declares required_strides {sorted(needs)}; {backbone} has {info.reductions()}")
     model = segzoo.create(head, backbone=backbone, num_classes=3, aux=True)
     assert model.config["head"] == head and model.config["backbone"] == backbone
     check_model(model, 3)
+
+
+@pytest.mark.parametrize("backbone", SMALL_BACKBONES)
+@pytest.mark.parametrize("head", segzoo.list_heads())
+def test_every_head_on_small_backbones(head, backbone):
+    check_head_on(head, backbone)
+
+
+@pytest.mark.parametrize("backbone", backbones())
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3"])
+def test_every_backbone(head, backbone):
+    check_head_on(head, backbone)

@@ -11,9 +11,10 @@ import torch
 
 import segzoo
 from segzoo import _plugins
+from segzoo.errors import UnknownNameError
 from segzoo.heads.fcn import build_fcn
 
-from .conftest import plugin, run_python
+from .conftest import plugin, requires, run_python
 
 
 class ExtraPlugin:
@@ -50,7 +51,7 @@ def test_a_runtime_plugin_adds_and_removes_its_entries():
         assert out.shape == (2, 4, 16, 16)
         assert segzoo.model_info("toy_model")["provider"]["plugin"] == "extra"
     assert "toy_model" not in segzoo.list_models()
-    with pytest.raises(ValueError, match="unknown model 'toy_model'"):
+    with pytest.raises(UnknownNameError, match="unknown model 'toy_model'"):
         segzoo.create("toy_model")
 
 
@@ -171,6 +172,7 @@ def test_segzoo_plugins_env_warns_about_unknown_names(fresh_plugins, monkeypatch
         _plugins.plugins()
 
 
+@requires("segzoo-deeplabv3plus")
 def test_deeplabv3plus_package_is_found_through_its_entry_point():
     """The real plugin under plugins/, installed by `make test`, is loaded from its entry point
     on first registry access, never imported by hand."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from torch import nn
 
 import segzoo
 from segzoo._viz import palette
-from segzoo.engine.predict import sliding_window_logits
+from segzoo.engine.predict import check_image_size, sliding_window_logits
+from segzoo.errors import DataError, UsageError
 
 
 class Halves(nn.Module):
@@ -140,7 +143,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     model = PerPixel()
     with pytest.raises(FileNotFoundError, match=r"image .*nope\.png does not exist"):
         segzoo.predict(model, tmp_path / "nope.png")
-    with pytest.raises(FileNotFoundError, match=r"no images .* in folder"):
+    with pytest.raises(DataError, match=r"no images .* in folder"):
         segzoo.predict(model, tmp_path)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -148,8 +151,117 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     Image.fromarray(image(8, 8)).save(tmp_path / "b" / "x.jpg")
     with pytest.raises(ValueError, match=r"would both be written as 'x'"):
         segzoo.predict(model, [tmp_path / "a", tmp_path / "b"])
-    with pytest.raises(TypeError, match=r"predict\(\) takes image paths"):
+    with pytest.raises(UsageError, match=r"predict\(\) takes image paths"):
         segzoo.predict(model, [torch.zeros(5, 8, 8)])
     (tmp_path / "a" / "y.png").write_bytes(b"")
     with pytest.raises(ValueError, match=r"y\.png is empty"):
         segzoo.predict(model, tmp_path / "a")
+
+
+def test_an_image_too_large_after_the_resize_is_refused_before_any_work(tmp_path):
+    Image.fromarray(image(1, 600)).save(tmp_path / "strip.png")
+    model = Halves({"num_classes": 3, "preprocessing": {"resize": 520}})
+    with pytest.raises(DataError) as err:
+        segzoo.predict(model, tmp_path / "strip.png")
+    message = str(err.value)
+    assert message.startswith(
+        f"image {tmp_path / 'strip.png'} is 1 x 600 pixels; resizing its shorter side to 520"
+    )
+    assert "makes it 520 x 312000 (162.2 Mpx, 1.9 GB as a float32 RGB tensor)" in message
+    assert "more than the budget of 33.6 Mpx per image: pass size=236 or less (--size 236)" in message
+    assert "size=0 (--size 0) to keep its 1 x 600 pixels" in message and "SEGZOO_MAX_PIXELS" in message
+    assert model.seen == []
+    # the suggested sizes do work
+    check_image_size("strip", 1, 600, 236, 2**25)
+    with pytest.raises(DataError):
+        check_image_size("strip", 1, 600, 237, 2**25)
+    assert segzoo.predict(model, tmp_path / "strip.png", size=0)[0].shape == (1, 600)
+
+
+def test_a_huge_image_is_refused_before_it_is_decoded(tmp_path, monkeypatch):
+    Image.new("1", (12000, 12000)).save(tmp_path / "huge.png")  # 17 KB, under Pillow's bomb limit
+    assert (tmp_path / "huge.png").stat().st_size < 150_000
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} was decoded")
+
+    monkeypatch.setattr("segzoo.data.io.read_image", no_decoding)
+    model = Halves({"num_classes": 3, "preprocessing": {"resize": 520}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor does Pillow's DecompressionBombWarning get out
+        with pytest.raises(DataError, match=r"huge\.png is 12000 x 12000 pixels \(144\.0 Mpx\), more than the "
+                           r"33\.6 Mpx segzoo reads per image: downscale the file, or raise the budget"):  # fmt: skip
+            segzoo.predict(model, tmp_path / "huge.png")
+
+
+def test_the_pixel_budget_comes_from_the_argument_else_the_environment(monkeypatch):
+    x = image(40, 40)
+    model = Halves({"num_classes": 3, "preprocessing": {"resize": None}})
+    with pytest.raises(DataError, match=r"image image_00000 is 40 x 40 pixels .*more than the 0\.0 Mpx"):
+        segzoo.predict(model, x, max_pixels=1599)
+    assert segzoo.predict(model, x, max_pixels=1600)[0].shape == (40, 40)
+    monkeypatch.setenv("SEGZOO_MAX_PIXELS", "1599")
+    with pytest.raises(DataError, match="40 x 40 pixels"):
+        segzoo.predict(model, x)
+    assert segzoo.predict(model, x, max_pixels=1600)[0].shape == (40, 40)  # the argument wins
+    monkeypatch.setenv("SEGZOO_MAX_PIXELS", "lots")
+    with pytest.raises(UsageError, match="SEGZOO_MAX_PIXELS must be a whole number of pixels, got 'lots'"):
+        segzoo.predict(model, x)
+    monkeypatch.delenv("SEGZOO_MAX_PIXELS")
+    for bad in ({"size": -1}, {"tile": 0}, {"max_pixels": 0}):
+        with pytest.raises(UsageError):
+            segzoo.predict(model, x, **bad)
+
+
+def test_evaluate_refuses_an_image_too_large_after_the_resize():
+    data = [(torch.zeros(3, 1, 600, dtype=torch.uint8), torch.zeros(1, 600, dtype=torch.int64))]
+
+    class Samples(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return data[i]
+
+        def describe(self, i):
+            return f"masks/{i}.png (mask of images/{i}.png)"
+
+    model = Halves({"num_classes": 3, "preprocessing": {"resize": 520}})
+    with pytest.raises(
+        DataError, match=r"masks/0\.png \(mask of images/0\.png\) is 1 x 600 pixels; resizing"
+    ):
+        segzoo.evaluate(model, Samples())
+    assert model.seen == []
+    assert segzoo.evaluate(model, Samples(), size=0).images == 1
+
+
+@pytest.mark.parametrize("failing", ["overlay", "overlay file"])
+def test_a_mask_is_never_left_without_its_overlay(tmp_path, monkeypatch, failing):
+    from segzoo.engine import predict as _viz  # write_prediction's own reference to overlay
+    from segzoo.engine.predict import Prediction, write_prediction
+
+    pred = Prediction("x", torch.zeros(3, 8, 8, dtype=torch.uint8), torch.ones(8, 8, dtype=torch.int64))
+    real_overlay = _viz.overlay
+
+    class Unsaveable:
+        def save(self, *args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+    def broken(*args, **kwargs):
+        if failing == "overlay":
+            raise RuntimeError("the overlay step failed")
+        real_overlay(*args, **kwargs)
+        return Unsaveable()
+
+    monkeypatch.setattr(_viz, "overlay", broken)
+    with pytest.raises((RuntimeError, OSError)):
+        write_prediction(pred, tmp_path / "out", ["a", "b"])
+    leftovers = [p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert leftovers == []
+    monkeypatch.setattr(_viz, "overlay", real_overlay)
+    mask_path, _ = write_prediction(pred, tmp_path / "out", ["a", "b"])
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
+        "masks/x.png",
+        "overlays/x.png",
+    ]
+    assert np.array_equal(np.asarray(Image.open(mask_path)), np.ones((8, 8)))

@@ -16,8 +16,9 @@ import torch
 
 import segzoo
 from segzoo.data import SyntheticSegmentation, write_synthetic
-from segzoo.engine._checkpoint import checkpoints, load_checkpoint
+from segzoo.engine._checkpoint import CheckpointError, checkpoints, load_checkpoint
 from segzoo.engine.train import TrainConfig, _Trainer, train
+from segzoo.errors import UsageError
 
 TINY = dict(
     model="lraspp",
@@ -156,7 +157,7 @@ def test_sigkill_mid_run_then_resume_finishes_like_an_uninterrupted_run(tmp_path
     assert 4 <= done < 10  # killed mid-way
     for p in checkpoints(run):
         load_checkpoint(p)  # every checkpoint on disk is complete
-    with pytest.raises(FileExistsError, match="resume"):
+    with pytest.raises(UsageError, match="resume"):
         train(**cfg, output=str(run))  # a new run would mix with the old one
     torch.set_num_threads(1)
     try:
@@ -189,9 +190,32 @@ def test_sigkill_while_writing_a_checkpoint_leaves_no_corrupt_file(tmp_path):
         assert load_checkpoint(p)["step"] == int(p.name[11:19])
 
 
+@pytest.mark.slow
+def test_resume_falls_back_past_a_truncated_newest_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    cfg = {**TINY, "checkpoint_every": 1, "keep_checkpoints": 3, "output": str(run)}
+    train(**cfg, max_steps=2)
+    newest = run / "checkpoint-00000002.pt"
+    complete = newest.read_bytes()
+    newest.write_bytes(complete[: len(complete) // 2])  # a copy or a full disk cut it short
+    with pytest.warns(UserWarning, match=r"checkpoint-00000002\.pt is not a readable.*resuming from the "
+                      r"previous complete checkpoint, checkpoint-00000001\.pt \(step 1\)") as caught:  # fmt: skip
+        resumed = train(**cfg, max_steps=3, resume=True)
+    assert [w.filename for w in caught] == [__file__]  # the warning points at the call above
+    assert resumed.steps == 3
+    assert [r["step"] for r in log(run) if "loss" in r] == [1, 2, 3]  # step 2 trained again
+    assert (run / "checkpoint-00000002.pt.unreadable").read_bytes() == complete[: len(complete) // 2]
+    assert [p.name for p in checkpoints(run)] == [f"checkpoint-0000000{i}.pt" for i in (1, 2, 3)]
+    assert load_checkpoint(run / "checkpoint-00000002.pt")["step"] == 2  # written again, whole
+    for p in checkpoints(run):
+        p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no complete checkpoint in .*checkpoint-00000003.pt is not"):
+        train(**cfg, max_steps=4, resume=True)
+
+
 def test_bad_input_is_one_clear_error_before_any_work(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="unknown model 'lraspp_mobilenet'"):
+    with pytest.raises(segzoo.errors.UnknownNameError, match="unknown model 'lraspp_mobilenet'"):
         train(**{**TINY, "model": "lraspp_mobilenet", "backbone": None}, output=str(out))
     for sub in ("images", "masks", "splits"):
         (tmp_path / "empty" / sub).mkdir(parents=True)
@@ -219,8 +243,20 @@ def test_bad_input_is_one_clear_error_before_any_work(tmp_path):
     train(**TINY, max_steps=2, output=str(out))
     with pytest.raises(ValueError, match="comes from another run: model was 'lraspp', now 'fcn'"):
         train(**{**TINY, "model": "fcn", "backbone": "resnet18"}, max_steps=4, output=str(out), resume=True)
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
         train(**TINY, max_steps=2, output=str(tmp_path / "fresh"), resume=True)
+
+
+@pytest.mark.slow
+def test_a_diverging_run_is_a_segzoo_error_naming_the_setting(tmp_path):
+    from segzoo.engine.train import TrainingDivergedError
+    from segzoo.errors import SegzooError
+
+    with pytest.raises(
+        TrainingDivergedError, match=r"the loss became (nan|inf) at step \d: lower the learning rate"
+    ) as err:
+        train(**{**TINY, "optimizer": "sgd", "lr": 1e38}, max_steps=4, output=str(tmp_path / "run"))
+    assert isinstance(err.value, SegzooError) and isinstance(err.value, FloatingPointError)
 
 
 def all_labelled(tmp_path: Path) -> dict:
@@ -275,8 +311,12 @@ def test_train_cli(tmp_path, capsys):
     assert "best val mIoU" in capsys.readouterr().out
     cfg = load_checkpoint(checkpoints(tmp_path / "cli")[-1])["config"]
     assert cfg["scale"] == [0.5, 1.0] and cfg["backbone"] == "mobilenet_v3_small" and cfg["max_steps"] == 2
-    assert main([*argv[:-1], str(tmp_path / "cli2"), "--optimizer", "adam"]) == 2
-    assert "optimizer must be 'sgd' or 'adamw'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # an argparse error, before any work
+        main([*argv[:-1], str(tmp_path / "cli2"), "--optimizer", "adam"])
+    assert exc.value.code == 2 and not (tmp_path / "cli2").exists()
+    assert (
+        "argument --optimizer: invalid choice: 'adam' (choose from 'sgd', 'adamw')" in capsys.readouterr().err
+    )
 
 
 DDP_SCRIPT = textwrap.dedent(

@@ -12,11 +12,13 @@ import numpy as np
 import torch
 
 from .._files import atomic_path
+from .._warn import warn
+from ..errors import SegzooError
 
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SegzooError, ValueError):
     """A checkpoint that cannot be used to resume this run."""
 
 
@@ -45,13 +47,37 @@ def checkpoints(output: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint; leftovers of an interrupted write are removed."""
-    if output.is_dir():
+def latest_checkpoint(output: Path, *, tidy: bool = True) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads, with its state, or None when there is none.
+
+    A newer one that cannot be read (cut short by a full disk or a copy, say: writes themselves are
+    atomic) is skipped with a warning and, with ``tidy``, renamed to ``NAME.unreadable`` so that
+    the resumed run's saves and retention do not mix it up with complete ones. ``tidy`` also
+    removes the leftovers of an interrupted write; only one process of a run should tidy.
+    """
+    if tidy and output.is_dir():
         for leftover in output.glob(".checkpoint-*.tmp"):
             leftover.unlink(missing_ok=True)
-    found = checkpoints(output)
-    return found[-1] if found else None
+    skipped: list[tuple[Path, CheckpointError]] = []
+    for path in reversed(checkpoints(output)):
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as err:
+            skipped.append((path, err))
+            continue
+        for bad, err in skipped:
+            kept = bad.with_name(bad.name + ".unreadable")
+            if tidy:
+                bad.replace(kept)
+            warn(
+                f"{err}; resuming from the previous complete checkpoint, {path.name} (step "
+                f"{state['step']})" + (f"; the unreadable file is kept as {kept.name}" if tidy else "")
+            )
+        return path, state
+    if skipped:
+        reasons = "; ".join(str(err) for _, err in skipped)
+        raise CheckpointError(f"no complete checkpoint in {output}: {reasons}")
+    return None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

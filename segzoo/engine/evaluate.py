@@ -16,7 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import DataError, UsageError
 from ..metrics import ConfusionMatrix, SegmentationMetrics
+from .predict import check_image_size, pixel_budget
 from .predict import class_names as model_class_names
 
 __all__ = ["EvalResult", "evaluate"]
@@ -73,10 +75,13 @@ class EvalResult:
 
 
 class _Preprocessed(Dataset):
-    """A dataset whose raw (image, mask) samples go through an evaluation preset."""
+    """A dataset whose raw (image, mask) samples go through an evaluation preset; with ``limit``
+    (the preset's resize and a pixel budget), an image too large for the budget is refused."""
 
-    def __init__(self, dataset: Dataset, transforms: Any) -> None:
-        self.dataset, self.transforms = dataset, transforms
+    def __init__(
+        self, dataset: Dataset, transforms: Any, limit: tuple[int | None, int] | None = None
+    ) -> None:
+        self.dataset, self.transforms, self.limit = dataset, transforms, limit
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -89,6 +94,10 @@ class _Preprocessed(Dataset):
             image = tv_tensors.Image(image if isinstance(image, Tensor) else _pil_to_tensor(image))
         if not isinstance(mask, tv_tensors.Mask):
             mask = tv_tensors.Mask(torch.as_tensor(mask if isinstance(mask, Tensor) else _array(mask)).long())
+        if self.limit is not None:
+            describe = getattr(self.dataset, "describe", None)
+            what = describe(index) if callable(describe) else f"sample {index} of the dataset"
+            check_image_size(what, *image.shape[-2:], *self.limit)
         return self.transforms(image, mask)
 
 
@@ -112,6 +121,7 @@ def evaluate(
     num_workers: int = 0,
     ignore_index: int | None = None,
     progress: bool = False,
+    max_pixels: int | None = None,
 ) -> EvalResult:
     """mIoU, pixel accuracy, mean class accuracy and per-class IoU of ``model`` on ``data``.
 
@@ -121,7 +131,9 @@ def evaluate(
     ``config["preprocessing"]["resize"]``, or ``size``; normalised), and is batched with
     :func:`segzoo.data.collate` (``batch_size`` 1 is the reference's; larger batches are padded,
     the padding ignored by the metric). Batches of a loader are used as they are. The prediction
-    is the argmax of ``model(x)["out"]``, compared at the resized resolution.
+    is the argmax of ``model(x)["out"]``, compared at the resized resolution. With the model's
+    preprocessing, an image with more than ``max_pixels`` pixels as read or resized is refused
+    (see :func:`segzoo.predict`).
     """
     from tqdm.auto import tqdm
 
@@ -133,7 +145,11 @@ def evaluate(
     data_classes = getattr(data, "classes", None)
     if isinstance(data, Dataset) and not isinstance(data, DataLoader):
         if getattr(data, "transforms", None) is None:
-            data = _Preprocessed(data, preset_from_config(config.get("preprocessing"), size=size))
+            if size is not None and size < 0:
+                raise UsageError(f"size must be 0 (keep the image's size) or more, got {size}")
+            pre = config.get("preprocessing") or {}
+            resize = size if size is not None else pre.get("resize", 520)  # as preset_from_config
+            data = _Preprocessed(data, preset_from_config(pre, size=size), (resize, pixel_budget(max_pixels)))
         loader: Iterable = DataLoader(
             data,  # type: ignore[arg-type]
             batch_size=batch_size,
@@ -147,7 +163,7 @@ def evaluate(
     n_model = config.get("num_classes")
     names = list(data_classes) if data_classes else model_class_names(model)
     if n_model and names and len(names) != n_model:
-        raise ValueError(
+        raise UsageError(
             f"the model predicts {n_model} classes but the dataset has {len(names)} "
             f"({', '.join(names[:6])}{', ...' if len(names) > 6 else ''}): evaluate a model trained on it"
         )
@@ -169,7 +185,7 @@ def evaluate(
                 if cm is None:
                     cm = ConfusionMatrix(out.shape[1], ignore_index=ignore_index, device=out.device)
                     if names is not None and len(names) != cm.num_classes:
-                        raise ValueError(
+                        raise UsageError(
                             f"the model returns {cm.num_classes} class scores but the data has "
                             f"{len(names)} classes"
                         )
@@ -182,7 +198,7 @@ def evaluate(
     finally:
         model.train(was_training)
     if cm is None:
-        raise ValueError("evaluate() got no data: the dataset or loader is empty")
+        raise DataError("evaluate() got no data: the dataset or loader is empty")
     cm.all_reduce()
     names = names or [f"class_{i}" for i in range(cm.num_classes)]
     return EvalResult(cm.compute(names), cm.matrix.cpu(), images, time.perf_counter() - start)

@@ -8,7 +8,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,74 +16,117 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .. import hub
+from .._factory import create
+from .._files import write_text
+from ..errors import SegzooError, UsageError
 from . import _distributed as dist
 from ._checkpoint import (
     CheckpointError,
     latest_checkpoint,
-    load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from ._device import check_device, device_name
+from .evaluate import _Preprocessed, evaluate
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train"]
+
+
+class TrainingDivergedError(SegzooError, FloatingPointError):
+    """The loss became NaN or infinite: the message says which setting to change."""
+
+
+def _field(default: Any, help: str, **cli: Any) -> Any:
+    """A TrainConfig field with its ``help`` text and, for ``segzoo train``, optional ``choices`` and
+    ``parse`` (a str -> value function raising UsageError)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+# the layouts segzoo.data reads (segzoo.data.formats.FORMATS) and the generated set; written out
+# rather than imported, since segzoo.data imports torchvision (engine modules import it lazily)
+DATA_FORMATS = ("voc", "folder", "coco", "cityscapes", "ade20k", "synth")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run needs; ``segzoo train --help`` documents each field."""
 
-    model: str
-    backbone: str | None = None  # with a head name as model: the backbone to put it on
-    data: str = "synth"
-    format: str | None = None  # voc | folder | synth (detected when None)
-    train_split: str = "train"
-    val_split: str = "val"
-    synth_n: int = 200
-    synth_seed: int = 0
-    num_classes: int | None = None  # default: the dataset's
-    pretrained: bool = False
-    pretrained_backbone: bool = False
-    ignore_mismatched: bool = False
-    aux: bool | None = None
-    epochs: int = 30
-    max_steps: int | None = None
-    batch_size: int = 8
-    workers: int = 2
-    base_size: int = 520
-    crop_size: int = 480
-    scale: tuple[float, float] = (0.5, 2.0)
-    hflip: float = 0.5
-    eval_size: int | None = None  # default: base_size
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_power: float = 0.9
-    warmup_steps: int = 0
-    warmup_factor: float = 0.01
-    aux_weight: float = 0.5
-    aux_lr_mult: float = 10.0
-    ignore_index: int = 255
-    amp: str | None = None  # bf16 | fp16
-    channels_last: bool = False
-    grad_accum: int = 1
-    freeze_backbone: bool = False
-    freeze_bn: bool = False
-    sync_bn: bool = False
-    bn_momentum: float | None = None
-    eval_every: int = 1  # epochs; 0 = only at the end
-    eval_every_steps: int | None = None
-    checkpoint_every: int | None = None  # steps; None = at the end of every epoch
-    keep_checkpoints: int = 2
-    output: str = "runs/train"
-    resume: bool = False
-    push_to_hub: str | None = None
-    seed: int = 0
-    device: str | None = None
-    log_every: int = 10
-    progress: bool = True
-    tensorboard: bool = True
+    model: str = _field(
+        MISSING,
+        "any name segzoo.create accepts (recipe, name.tag, local-dir:, hf-hub:, or a head with --backbone)",
+    )
+    backbone: str | None = _field(
+        None, "the backbone when MODEL is a head (e.g. deeplabv3 --backbone timm:convnext_tiny)"
+    )
+    data: str = _field(
+        "synth",
+        "dataset folder (VOC, COCO, Cityscapes, ADE20K or images/ + masks/), or 'synth' for the generated set",
+    )
+    format: str | None = _field(
+        None,
+        "dataset layout (detected when not given)",
+        choices=DATA_FORMATS,
+    )
+    categories: str | None = _field(
+        None, "coco: category names or ids, comma-separated (e.g. cat,dog; default: the 20 VOC ones)"
+    )
+    train_split: str = _field("train", "split to train on")
+    val_split: str = _field("val", "split to evaluate on")
+    synth_n: int = _field(200, "samples of the synthetic set (train + val)")
+    synth_seed: int = _field(0, "seed of the synthetic set")
+    num_classes: int | None = _field(None, "classes to predict (default: the dataset's)")
+    pretrained: bool = _field(False, "start from the model's pretrained weights")
+    pretrained_backbone: bool = _field(False, "start from backbone-only pretrained weights (ImageNet / timm)")
+    ignore_mismatched: bool = _field(
+        False, "re-initialise pretrained layers whose shape differs (another num_classes)"
+    )
+    aux: bool | None = _field(None, "use an auxiliary head and loss (default: the model's)")
+    epochs: int = _field(30, "passes over the train split")
+    max_steps: int | None = _field(None, "optimizer steps in all (overrides epochs)")
+    batch_size: int = _field(8, "images per process per micro-batch")
+    workers: int = _field(2, "DataLoader worker processes")
+    base_size: int = _field(520, "base size of the random resize (train) and the eval resize")
+    crop_size: int = _field(480, "random crop size (train)")
+    scale: tuple[float, float] = _field((0.5, 2.0), "random resize range, as factors of base_size")
+    hflip: float = _field(0.5, "horizontal flip probability")
+    eval_size: int | None = _field(None, "eval resize (default: base_size)")
+    optimizer: str = _field("sgd", "sgd (torchvision's recipe) or adamw", choices=("sgd", "adamw"))
+    lr: float = _field(0.01, "base learning rate")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(1e-4, "weight decay")
+    lr_power: float = _field(0.9, "power of the polynomial LR decay, stepped per iteration")
+    warmup_steps: int = _field(0, "linear warm-up steps")
+    warmup_factor: float = _field(0.01, "LR factor at the start of the warm-up")
+    aux_weight: float = _field(0.5, "weight of the auxiliary loss")
+    aux_lr_mult: float = _field(10.0, "LR multiplier of the auxiliary head")
+    ignore_index: int = _field(255, "mask value left out of loss and metrics")
+    amp: str | None = _field(
+        None, "mixed precision: bf16, or fp16 (CUDA only, with a grad scaler)", choices=("bf16", "fp16")
+    )
+    channels_last: bool = _field(False, "run in channels_last memory format")
+    grad_accum: int = _field(1, "micro-batches per optimizer step")
+    freeze_backbone: bool = _field(False, "train the heads only")
+    freeze_bn: bool = _field(False, "keep every BatchNorm's statistics and affine parameters fixed")
+    sync_bn: bool = _field(False, "SyncBatchNorm across processes (CUDA only)")
+    bn_momentum: float | None = _field(
+        None, "set every BatchNorm's momentum (0.1 helps short runs of MobileNetV3, whose default is 0.01)"
+    )
+    eval_every: int = _field(1, "evaluate every N epochs (0: only at the end)")
+    eval_every_steps: int | None = _field(None, "evaluate every N steps instead")
+    checkpoint_every: int | None = _field(None, "checkpoint every N steps (default: every epoch)")
+    keep_checkpoints: int = _field(2, "checkpoints to keep")
+    output: str = _field("runs/train", "run folder: checkpoints, metrics.jsonl, best/ (a segzoo folder)")
+    resume: bool = _field(False, "continue from the latest complete checkpoint in the output folder")
+    push_to_hub: str | None = _field(None, "push the best model to this Hub repo at the end")
+    seed: int = _field(0, "seed of the weights, data order and augmentation")
+    device: str | None = _field(
+        None, "cpu, cuda, cuda:1, ... (default: CUDA when available)", parse=device_name
+    )
+    log_every: int = _field(10, "log every N steps")
+    progress: bool = _field(True, "show a progress bar")
+    tensorboard: bool = _field(True, "also log to TensorBoard when it is installed")
 
     def __post_init__(self) -> None:
         checks = [
@@ -100,71 +143,32 @@ class TrainConfig:
             (self.crop_size >= 8, "crop_size must be at least 8"),
             (self.keep_checkpoints >= 1, "keep_checkpoints must be at least 1"),
             (self.workers >= 0, "workers must be 0 or more"),
+            (
+                self.format in (None, *DATA_FORMATS),
+                f"format must be one of {', '.join(DATA_FORMATS)} or None, got {self.format!r}",
+            ),
+            (self.base_size >= 1, "base_size must be at least 1"),
+            (self.eval_size is None or self.eval_size >= 1, "eval_size must be at least 1"),
+            (0 <= self.hflip <= 1, f"hflip is a probability in [0, 1], got {self.hflip}"),
+            (self.log_every >= 1, "log_every must be at least 1"),
+            (self.eval_every >= 0, "eval_every must be 0 (only at the end) or more"),
+            (
+                self.checkpoint_every is None or self.checkpoint_every >= 1,
+                "checkpoint_every must be at least 1",
+            ),
+            (self.warmup_steps >= 0, "warmup_steps must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UsageError(message)
+        if self.device is not None:
+            check_device(self.device)
         self.scale = tuple(self.scale)  # type: ignore[assignment]
 
     def resumable_fields(self) -> dict[str, Any]:
         """What must not change between a run and its resumption."""
         keys = ("model", "backbone", "num_classes", "aux", "batch_size", "grad_accum", "optimizer", "seed")
         return {k: getattr(self, k) for k in keys}
-
-
-FIELD_HELP = {
-    "model": "any name segzoo.create accepts (recipe, name.tag, local-dir:, hf-hub:, or a head with --backbone)",
-    "backbone": "the backbone when MODEL is a head (e.g. deeplabv3 --backbone timm:convnext_tiny)",
-    "data": "dataset folder (VOC or images/ + masks/), or 'synth' for the generated set",
-    "format": "voc, folder or synth (detected when not given)",
-    "train_split": "split to train on",
-    "val_split": "split to evaluate on",
-    "synth_n": "samples of the synthetic set (train + val)",
-    "synth_seed": "seed of the synthetic set",
-    "num_classes": "classes to predict (default: the dataset's)",
-    "pretrained": "start from the model's pretrained weights",
-    "pretrained_backbone": "start from backbone-only pretrained weights (ImageNet / timm)",
-    "ignore_mismatched": "re-initialise pretrained layers whose shape differs (another num_classes)",
-    "aux": "use an auxiliary head and loss (default: the model's)",
-    "epochs": "passes over the train split",
-    "max_steps": "optimizer steps in all (overrides epochs)",
-    "batch_size": "images per process per micro-batch",
-    "workers": "DataLoader worker processes",
-    "base_size": "base size of the random resize (train) and the eval resize",
-    "crop_size": "random crop size (train)",
-    "scale": "random resize range, as factors of base_size",
-    "hflip": "horizontal flip probability",
-    "eval_size": "eval resize (default: base_size)",
-    "optimizer": "sgd (torchvision's recipe) or adamw",
-    "lr": "base learning rate",
-    "momentum": "SGD momentum",
-    "weight_decay": "weight decay",
-    "lr_power": "power of the polynomial LR decay, stepped per iteration",
-    "warmup_steps": "linear warm-up steps",
-    "warmup_factor": "LR factor at the start of the warm-up",
-    "aux_weight": "weight of the auxiliary loss",
-    "aux_lr_mult": "LR multiplier of the auxiliary head",
-    "ignore_index": "mask value left out of loss and metrics",
-    "amp": "mixed precision: bf16 or fp16 (fp16 on CUDA only, with a grad scaler)",
-    "channels_last": "run in channels_last memory format",
-    "grad_accum": "micro-batches per optimizer step",
-    "freeze_backbone": "train the heads only",
-    "freeze_bn": "keep every BatchNorm's statistics and affine parameters fixed",
-    "sync_bn": "SyncBatchNorm across processes (CUDA only)",
-    "bn_momentum": "set every BatchNorm's momentum (0.1 helps short runs of MobileNetV3, whose default is 0.01)",
-    "eval_every": "evaluate every N epochs (0: only at the end)",
-    "eval_every_steps": "evaluate every N steps instead",
-    "checkpoint_every": "checkpoint every N steps (default: every epoch)",
-    "keep_checkpoints": "checkpoints to keep",
-    "output": "run folder: checkpoints, metrics.jsonl, best/ (a segzoo folder)",
-    "resume": "continue from the latest complete checkpoint in the output folder",
-    "push_to_hub": "push the best model to this Hub repo at the end",
-    "seed": "seed of the weights, data order and augmentation",
-    "device": "cpu, cuda, cuda:1, ... (default: CUDA when available)",
-    "log_every": "log every N steps",
-    "progress": "show a progress bar",
-    "tensorboard": "also log to TensorBoard when it is installed",
-}
 
 
 @dataclass
@@ -238,18 +242,23 @@ def _resolve_data(cfg: TrainConfig):
         val = SyntheticSegmentation(cfg.synth_n, seed=cfg.synth_seed, split=cfg.val_split, cache=True, **kw)
         return train, val
     if not Path(cfg.data).exists():
-        raise FileNotFoundError(f"no dataset at {cfg.data}: give a VOC or folder dataset, or --data synth")
+        raise FileNotFoundError(
+            f"no dataset at {cfg.data}: give a dataset folder (see --format), or --data synth"
+        )
     # a dataset that names its classes says how many there are; num_classes is checked against it
     named = any((Path(cfg.data) / f).is_file() for f in ("classes.txt", "classes.json"))
-    train = open_dataset(cfg.data, fmt, cfg.train_split, num_classes=None if named else cfg.num_classes)
-    val = open_dataset(cfg.data, fmt, cfg.val_split, num_classes=None if named else train.num_classes)
+    cats = [c.strip() for c in cfg.categories.split(",") if c.strip()] if cfg.categories else None
+    train = open_dataset(
+        cfg.data, fmt, cfg.train_split, num_classes=None if named else cfg.num_classes, categories=cats
+    )
+    val = open_dataset(
+        cfg.data, fmt, cfg.val_split, num_classes=None if named else train.num_classes, categories=cats
+    )
     return train, val
 
 
 def _build_model(cfg: TrainConfig, num_classes: int, labels: list[str]) -> nn.Module:
-    import segzoo
-
-    model = segzoo.create(
+    model = create(
         cfg.model,
         backbone=cfg.backbone,
         pretrained=cfg.pretrained,
@@ -259,7 +268,7 @@ def _build_model(cfg: TrainConfig, num_classes: int, labels: list[str]) -> nn.Mo
         ignore_mismatched=cfg.ignore_mismatched,
     )
     if model.num_classes != num_classes:
-        raise ValueError(
+        raise UsageError(
             f"{cfg.model} predicts {model.num_classes} classes but the dataset has {num_classes}: "
             "pass num_classes (and ignore_mismatched=True to re-initialise a pretrained classifier)"
         )
@@ -375,17 +384,17 @@ class _Trainer:
 
         cfg = self.cfg
         if cfg.sync_bn and self.device.type != "cuda":
-            raise ValueError("sync_bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
+            raise UsageError("sync_bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
         if cfg.amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("fp16 mixed precision needs CUDA; use amp='bf16' on the CPU")
+            raise UsageError("fp16 mixed precision needs CUDA; use amp='bf16' on the CPU")
         self.train_set, self.val_set = _resolve_data(cfg)
         if len(self.val_set) < self.ctx.world_size:
-            raise ValueError(
+            raise UsageError(
                 f"the val split has {len(self.val_set)} images, fewer than the {self.ctx.world_size} processes"
             )
         num_classes = cfg.num_classes or self.train_set.num_classes
         if num_classes < self.train_set.num_classes:
-            raise ValueError(
+            raise UsageError(
                 f"num_classes={num_classes} is smaller than the dataset's {self.train_set.num_classes} classes "
                 f"({', '.join(self.train_set.classes)}): its masks hold values up to {self.train_set.num_classes - 1}"
             )
@@ -394,11 +403,12 @@ class _Trainer:
         ]
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
         self.model = _build_model(cfg, num_classes, labels)
-        self.checkpoint = latest_checkpoint(self.output) if cfg.resume else None
-        if cfg.resume and self.checkpoint is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint in {self.output}")
+        found = latest_checkpoint(self.output, tidy=self.ctx.is_main) if cfg.resume else None
+        if cfg.resume and found is None:
+            raise CheckpointError(f"--resume: no complete checkpoint in {self.output}")
+        self.checkpoint, self.resume_state = found if found is not None else (None, None)
         if self.checkpoint is None and self.ctx.is_main and (self.output / "metrics.jsonl").exists():
-            raise FileExistsError(
+            raise UsageError(
                 f"{self.output} holds an earlier run: pass resume=True (--resume) to continue it, "
                 "or choose another output folder"
             )
@@ -445,7 +455,7 @@ class _Trainer:
         micro_per_epoch = len(self.sampler) // cfg.batch_size
         self.steps_per_epoch = micro_per_epoch // cfg.grad_accum
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise UsageError(
                 f"the train split has {len(self.train_set)} samples, fewer than one step of batch_size "
                 f"{cfg.batch_size} x grad_accum {cfg.grad_accum} x {self.ctx.world_size} process(es)"
             )
@@ -470,7 +480,8 @@ class _Trainer:
             self.output.mkdir(parents=True, exist_ok=True)
         self.step, self.best_miou, history = 0, None, []
         if self.checkpoint is not None:
-            self._restore(self.checkpoint)
+            self._restore(self.checkpoint, self.resume_state)
+            self.resume_state = None  # its tensors are in the model and optimizer now
         logger = _Logger(self.output, self.ctx.is_main, cfg.tensorboard)
         bar = None
         if cfg.progress and self.ctx.is_main:
@@ -524,9 +535,7 @@ class _Trainer:
             logger.close()
         best = self.output / "best" if self.best_miou is not None else None
         if self.ctx.is_main and cfg.push_to_hub and best is not None:
-            from ..hub import push_to_hub
-
-            push_to_hub(best, cfg.push_to_hub, commit_message=f"segzoo train: mIoU {self.best_miou:.4f}")
+            hub.push_to_hub(best, cfg.push_to_hub, commit_message=f"segzoo train: mIoU {self.best_miou:.4f}")
         return TrainResult(self.output, best, self.best_miou, self.step, history)
 
     def _micro_step(self, images: Tensor, masks: Tensor, *, first: bool, last: bool) -> float:
@@ -544,7 +553,7 @@ class _Trainer:
                 if "aux" in out:
                     loss = loss + cfg.aux_weight * self.loss_fn(out["aux"].float(), masks)
             if not torch.isfinite(loss):
-                raise FloatingPointError(
+                raise TrainingDivergedError(
                     f"the loss became {loss.item()} at step {self.step}: lower the learning rate (lr={cfg.lr}) "
                     "or use amp='bf16' instead of fp16"
                 )
@@ -587,7 +596,6 @@ class _Trainer:
 
     def _evaluate(self, epoch: int, logger: _Logger) -> dict[str, Any]:
         from ..data import collate, preset_from_config
-        from .evaluate import _Preprocessed, evaluate
 
         # each rank evaluates every world_size-th image; evaluate() all-reduces the confusion matrix
         preset = preset_from_config(self.model.config["preprocessing"])
@@ -644,8 +652,7 @@ class _Trainer:
             save_checkpoint(self.output, self._state(epoch), self.step, keep=self.cfg.keep_checkpoints)
         self.ctx.barrier()
 
-    def _restore(self, path: Path) -> None:
-        state = load_checkpoint(path)
+    def _restore(self, path: Path, state: dict[str, Any]) -> None:
         saved = state["config"]
         mine = _jsonable(self.cfg.resumable_fields())
         diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
@@ -671,7 +678,6 @@ class _Trainer:
         """A killed run may have logged, or saved a best model, after its last checkpoint: drop
         those log lines (the resumed run logs those steps again), remove half-written folders,
         and keep the best model's mIoU so a worse one does not replace it."""
-        from .._files import write_text
 
         log = self.output / "metrics.jsonl"
         if log.exists():

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..backbones.extractor import FeatureInfo
+from ..errors import UsageError
 from ..hookspecs import hookimpl
 
 
@@ -34,7 +35,7 @@ class ASPPPooling(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[0] == 1 and self[2].training:
-            raise ValueError(
+            raise UsageError(
                 "DeepLabV3's ASPP image pooling applies BatchNorm to a 1x1 map, which needs more than "
                 "one image per batch in training mode (got a batch of 1). Use a batch size of 2 or "
                 "more, call model.eval() for inference, or freeze the BatchNorm layers."

@@ -57,6 +57,9 @@ def build_lraspp(
     )
 
 
+build_lraspp.required_strides = (8,)  # the backbone features it needs (its "low" one); a plain ViT has none
+
+
 @hookimpl
 def register_heads(register):
     register("lraspp", build_lraspp, description="Lite R-ASPP head: gated deep branch + stride-8 classifier")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 import segzoo
-from segzoo.heads.deeplabv3 import ASPP, atrous_rates_for
+from segzoo import ASPP, atrous_rates_for
 
 __version__ = "0.1.0"
 
@@ -76,6 +76,9 @@ def build_deeplabv3plus(
         dropout=dropout,
         in_features=(low.name, high.name),
     )
+
+
+build_deeplabv3plus.required_strides = (4,)  # the backbone features it needs (a plain ViT has none)
 
 
 @segzoo.hookimpl
