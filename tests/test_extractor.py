@@ -107,17 +107,18 @@ def test_train_eval_reaches_the_wrapped_root():
     assert net.training and net.stem[1].training
 
 
+class Pyramid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1, stride=2)
+        self.b = nn.Conv2d(4, 6, 1, stride=2)
+
+    def forward(self, x):
+        a = self.a(x)
+        return [a, self.b(a)]
+
+
 def test_outputs_mode_names_a_list_returning_module():
-    class Pyramid(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a = nn.Conv2d(3, 4, 1, stride=2)
-            self.b = nn.Conv2d(4, 6, 1, stride=2)
-
-        def forward(self, x):
-            a = self.a(x)
-            return [a, self.b(a)]
-
     fe = FeatureExtractor(Pyramid(), {"0": "fine", "1": "out"}, method="outputs")
     out = fe(torch.randn(1, 3, 16, 16))
     assert [tuple(v.shape) for v in out.values()] == [(1, 4, 8, 8), (1, 6, 4, 4)]
@@ -205,4 +206,25 @@ def test_concurrent_calls_in_hooks_mode_do_not_mix_their_features():
             got = list(pool.map(lambda x: fe(x)["mid"], inputs * 10))
     for i, g in enumerate(got):
         torch.testing.assert_close(g, expected[i % 8], rtol=0, atol=0)
-    assert fe._captures == {}
+    assert fe._captures.calls == {}
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks", "outputs"])
+def test_a_dropped_extractor_is_freed_at_once(method):
+    """No reference cycle (hooks holding the extractor, say): a dropped model, and the
+    memory-mapped weights file under it, go at once, not at the next garbage collection."""
+    import gc
+    import weakref
+
+    if method == "outputs":
+        ext = FeatureExtractor(Pyramid(), {"0": "fine", "1": "out"}, method=method)
+    else:
+        ext = FeatureExtractor(TinyNet(), {"stage1": "mid", "stage2": "out"}, method=method)
+    ext(torch.randn(1, 3, 32, 32))
+    ref = weakref.ref(ext)
+    gc.disable()
+    try:
+        del ext
+        assert ref() is None
+    finally:
+        gc.enable()

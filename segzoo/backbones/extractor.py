@@ -156,6 +156,30 @@ def _compile_graph(graph: torch.fx.Graph) -> Callable[..., dict[str, Tensor]]:
     return namespace["forward"]
 
 
+class _Captures:
+    """The hooks' side of hooks mode: per-call captures, keyed by thread (see _call_key).
+
+    A separate object, not the extractor, so that the hooks (kept by submodules of the wrapped
+    module) make no reference cycle through the extractor: a cycle would keep a dropped model, and
+    the memory-mapped weights file under it, alive until the next garbage collection.
+    """
+
+    def __init__(self, wanted: int) -> None:
+        self.calls: dict[int, dict[str, Tensor]] = {}
+        self.wanted = wanted
+
+    def hook(self, name: str, _module: nn.Module, _inputs: Any, output: Any) -> None:
+        """Forward hook, registered once: keep a requested output of the current call."""
+        captured = self.calls.get(_call_key())
+        if captured is None:
+            return  # the wrapped module runs outside this extractor's forward
+        captured[name] = output
+        # The rest of the module is not needed. Under torch.compile the forward runs to its end
+        # instead, since raising out of a hook would split the graph.
+        if len(captured) == self.wanted and not torch.compiler.is_compiling():
+            raise _StopForward
+
+
 class FeatureExtractor(nn.Module):
     """Wrap any ``nn.Module`` so that it returns an ordered ``dict[str, Tensor]`` of named features.
 
@@ -210,11 +234,11 @@ class FeatureExtractor(nn.Module):
             if missing:
                 raise UsageError(_missing_module_error(module, missing))
             self._share_state(module)
-            # per-call captures, keyed by thread (see _call_key); hooks registered once, as
-            # torch.compile traces them into one graph where hooks added per call would split it
-            self._captures: dict[int, dict[str, Tensor]] = {}
+            # hooks registered once, as torch.compile traces them into one graph where hooks
+            # added per call would split it
+            self._captures = _Captures(len(nodes))
             for node, name in nodes.items():
-                module.get_submodule(node).register_forward_hook(functools.partial(self._capture, name))
+                module.get_submodule(node).register_forward_hook(functools.partial(self._captures.hook, name))
         elif method == "outputs":
             self._share_state(module)
         self.method: str = method
@@ -304,28 +328,17 @@ class FeatureExtractor(nn.Module):
 
     def _run_with_hooks(self, x: Tensor) -> dict[str, Tensor]:
         key = _call_key()
-        self._captures[key] = captured = {}
+        self._captures.calls[key] = captured = {}
         try:
             self._body(x)
         except _StopForward:
             pass
         finally:
-            del self._captures[key]
+            del self._captures.calls[key]
         missing = [n for n in self.return_nodes.values() if n not in captured]
         if missing:
             raise RuntimeError(f"the wrapped {self.wrapped_class}'s forward never ran the nodes of {missing}")
         return {name: captured[name] for name in self.return_nodes.values()}
-
-    def _capture(self, name: str, _module: nn.Module, _inputs: Any, output: Any) -> None:
-        """Forward hook, registered once: keep a requested output of the current call."""
-        captured = self._captures.get(_call_key())
-        if captured is None:
-            return  # the wrapped module runs outside this extractor's forward
-        captured[name] = output
-        # The rest of the module is not needed. Under torch.compile the forward runs to its end
-        # instead, since raising out of a hook would split the graph.
-        if len(captured) == len(self.return_nodes) and not torch.compiler.is_compiling():
-            raise _StopForward
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         super().train(mode)
