@@ -118,6 +118,10 @@ def _try_export(wrapper: nn.Module, constraint: SizeConstraint, stride: int):
         if err.error_type is UserErrorType.CONSTRAINT_VIOLATION:
             return None
         raise
+    except NotImplementedError:
+        # sympy, under torch's shape solver, gives up on some size expressions (floor divisions
+        # nested in modulos): the same as a violated constraint, a stricter one may still export
+        return None
     return ep if _guards_hold(ep, constraint, stride) else None
 
 
@@ -166,40 +170,61 @@ def export_program(
         constraint = SizeConstraint(1, min(h, w), max(h, w), (h, w))
         return _export_or_explain(wrapper, constraint, stride), constraint
 
-    def at(m: int) -> SizeConstraint:
+    def at(m: int, least: int | None = None) -> SizeConstraint:
         # the smallest size gives the deepest feature two pixels (one pixel is a special case for
         # broadcasting, which traced graphs cannot keep dynamic)
-        return SizeConstraint(m, _round_up(2 * stride, m), max_size)
+        return SizeConstraint(m, _round_up(least or 2 * stride, m), max_size)
+
+    def least_min(m: int):
+        """The export at multiples of ``m`` with the smallest minimum size that works. Maps of one
+        pixel are special cases (broadcasting, align_corners scales), so a model that pools its
+        deepest map further (PAN's pyramid) exports only above some size; exporting is monotonic
+        in that minimum, so bisect it between 2 and 16 strides."""
+        if (ep := _try_export(wrapper, at(m), stride)) is not None:
+            return ep, at(m)
+        lo, hi = 2, 16  # in strides: lo fails, hi is tried next
+        if (best := _try_export(wrapper, at(m, hi * stride), stride)) is None:
+            return None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if (ep := _try_export(wrapper, at(m, mid * stride), stride)) is not None:
+                best, hi = ep, mid
+            else:
+                lo = mid
+        return best, at(m, hi * stride)
 
     if multiple is not None:
-        return _export_or_explain(wrapper, at(multiple), stride), at(multiple)
+        if (found := least_min(multiple)) is None:
+            raise ExportError(
+                f"the model cannot be exported for sizes that are multiples of {multiple}: the shapes "
+                "of its layers do not fit"
+            )
+        return found
     if (ep := _try_export(wrapper, at(1), stride)) is not None:
         return ep, at(1)
-    best = _try_export(wrapper, at(stride), stride)
-    if best is None:
+    if (found := least_min(stride)) is None:
         raise ExportError(
             f"the model does not export with dynamic height and width (tried any size, and multiples "
             f"of its stride {stride}): export one size with static=(H, W) (--static H W)"
         )
+    best, constraint = found
+    least = constraint.min
     best_m, lo, hi = stride, 0, int(math.log2(stride))  # powers of two: 2**lo fails, 2**hi exports
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if (ep := _try_export(wrapper, at(2**mid), stride)) is not None:
+        if (ep := _try_export(wrapper, at(2**mid, least), stride)) is not None:
             best, best_m, hi = ep, 2**mid, mid
         else:
             lo = mid
-    return best, at(best_m)
+    return best, at(best_m, least)
 
 
 def _export_or_explain(wrapper: nn.Module, constraint: SizeConstraint, stride: int):
     ep = _try_export(wrapper, constraint, stride)
     if ep is None:
-        what = (
-            f"size {constraint.static}"
-            if constraint.static
-            else f"sizes that are multiples of {constraint.multiple}"
+        raise ExportError(
+            f"the model cannot be exported for size {constraint.static}: the shapes of its layers do not fit"
         )
-        raise ExportError(f"the model cannot be exported for {what}: the shapes of its layers do not fit")
     return ep
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -74,26 +75,22 @@ def assert_matches_eager(model: nn.Module, path: Path) -> None:
 # -- every registered head ---------------------------------------------------------------------
 
 
-# Heads that do not export with dynamic height and width yet: each is a known gap (issue 10), kept
-# visible by a strict xfail so that the day it exports, this list must shrink.
-NOT_DYNAMIC_YET = {"pan": "PAN's ceil-mode max pooling pyramid leaves guards torch.export cannot lift"}
+def documented_sizes() -> dict[str, tuple[int, int]]:
+    """docs/deploy.md's table of size constraints: head -> (multiple, minimum)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deploy.md").read_text()
+    rows = re.findall(r"^\| `(\w+)`[^|]*\| [^|]+ \| (\d+) \| (\d+) \|", text, flags=re.M)
+    return {head: (int(m), int(lo)) for head, m, lo in rows}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "head",
-    [
-        pytest.param(h, marks=pytest.mark.xfail(reason=NOT_DYNAMIC_YET[h], strict=True, raises=ExportError))
-        if h in NOT_DYNAMIC_YET
-        else h
-        for h in segzoo.list_heads()
-    ],
-)
+@pytest.mark.parametrize("head", segzoo.list_heads())
 def test_every_head_exports_to_pt2_and_onnx_with_dynamic_sizes(head, tmp_path):
     model = small_model(head)
     pt2 = segzoo.export(model, tmp_path / "m.pt2", "pt2")
     size = read_metadata(pt2)["size"]
     assert size["static"] is None
+    documented = documented_sizes().get(head)
+    assert documented == (size["multiple"], size["min"]), f"docs/deploy.md's size table says {documented}"
     assert_matches_eager(model, pt2)
     # the constraint found for pt2 is reused: ONNX export traces the same program
     onnx_path = segzoo.export(model, tmp_path / "m.onnx", "onnx", multiple=size["multiple"])
@@ -237,6 +234,9 @@ def aoti_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("aoti")
     model = small_model("lraspp", ("mobilenet_v3_small",))
     model.config["preprocessing"] = dict(model.config["preprocessing"], resize=64)
+    with torch.no_grad():  # centre each class's logit, so that every class wins somewhere in a mask
+        probe = torch.randn(4, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+        model.classifier.low_classifier.bias -= model(probe)["out"].mean((0, 2, 3))
     folder = model.save_pretrained(root / "model")
     package = segzoo.export(model, root / "model.pt2", "aoti")
     return model, folder, package
@@ -288,6 +288,7 @@ def test_cpp_example_segments_as_segzoo_predict_does(aoti_model, tmp_path):
                         "--out", str(pred), "--device", "cpu"], check=True, capture_output=True)  # fmt: skip
         ref = np.array(Image.open(pred / "masks" / f"img{k}.png"))
         assert cpp.shape == ref.shape == (h, w)
+        assert len(np.unique(ref)) == 3, "a mask of one class would not show a mix-up of classes"
         # where they differ, the two best classes must be tied in segzoo's own logits
         x = preset_from_config(model.config["preprocessing"])(
             tv_tensors.Image(np.array(img).transpose(2, 0, 1))

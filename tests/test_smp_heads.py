@@ -12,6 +12,7 @@ from segzoo.cli import main
 
 heads = pytest.importorskip("segzoo_smp_heads")
 from segzoo_smp_heads._common import adaptive_avg_pool2d, encoder_stages  # noqa: E402
+from segzoo_smp_heads.pan import CeilMaxPool2d  # noqa: E402
 
 
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 7), (6, 6), (13, 4), (75, 61)])
@@ -19,6 +20,13 @@ from segzoo_smp_heads._common import adaptive_avg_pool2d, encoder_stages  # noqa
 def test_matrix_pooling_equals_adaptive_avg_pool(size, bins):
     x = torch.randn(2, 4, *size, dtype=torch.float64)
     torch.testing.assert_close(adaptive_avg_pool2d(x, bins), F.adaptive_avg_pool2d(x, bins))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 2), (2, 3), (5, 7), (6, 6), (13, 4)])
+def test_pan_pooling_equals_ceil_mode_max_pool(size):
+    x = torch.randn(2, 4, *size, dtype=torch.float64)
+    expected = F.max_pool2d(x, 2, 2, ceil_mode=True)
+    assert torch.equal(CeilMaxPool2d()(x), expected)
 
 
 @pytest.mark.slow

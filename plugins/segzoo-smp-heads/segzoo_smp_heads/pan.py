@@ -24,9 +24,22 @@ class ConvBnRelu(nn.Module):
         return self.activation(x) if self.add_relu else x
 
 
-def _pool() -> nn.MaxPool2d:
-    # ceil_mode: a 1-pixel map stays 1 pixel instead of vanishing (equal at sizes smp accepts)
-    return nn.MaxPool2d(2, 2, ceil_mode=True)
+class CeilMaxPool2d(nn.Module):
+    """2 x 2 max pooling, stride 2, in ceil mode: a 1-pixel map stays 1 pixel instead of vanishing
+    (smp pools in floor mode; the two agree at the sizes smp accepts).
+
+    Written as -inf padding of odd sides followed by floor-mode pooling, which gives the same
+    numbers: ceil mode's output size has a parity branch that makes torch.export specialise H and
+    W, while ``size % 2`` stays a symbolic expression."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, w % 2, 0, h % 2), value=float("-inf"))
+        return F.max_pool2d(x, 2, 2)
+
+
+def _pool() -> CeilMaxPool2d:
+    return CeilMaxPool2d()
 
 
 class FPABlock(nn.Module):
