@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import SegmentationDataset, Transforms
-from .io import DataError, read_image, read_mask
+from .datasets import Transforms, _FileDataset
+from .io import DataError
 
 __all__ = ["ADE20K_CLASSES", "ADE20K_COLOURS", "ADE20KSegmentation"]
 
@@ -84,7 +84,7 @@ def reduce_labels(labels: np.ndarray, where: str, ignore_index: int = 255) -> np
     return np.where(labels == 0, ignore_index, labels - 1)
 
 
-class ADE20KSegmentation(SegmentationDataset):
+class ADE20KSegmentation(_FileDataset):
     """ADE20K SceneParsing: ``images/{training,validation}/*.jpg`` with
     ``annotations/{training,validation}/*.png``; 150 classes, 0 (unlabelled) becomes 255 and
     every other label is shifted down by one (the usual reduce-labels rule).
@@ -117,25 +117,16 @@ class ADE20KSegmentation(SegmentationDataset):
         for d in (images, labels):
             if not d.is_dir():
                 raise DataError(f"{d} does not exist: the {split} split of {found} is incomplete")
-        self.samples: list[tuple[Path, Path]] = []
+        samples: list[tuple[Path, Path]] = []
         for image in sorted(images.glob("*.jpg")):
             mask = labels / f"{image.stem}.png"
             if not mask.is_file():
                 raise DataError(f"image {image} has no annotation: expected {mask}")
-            self.samples.append((image, mask))
-        if not self.samples:
+            samples.append((image, mask))
+        if not samples:
             raise DataError(f"{images} holds no .jpg images")
-        super().__init__(ADE20K_CLASSES, transforms=transforms, ignore_index=ignore_index)
+        super().__init__(samples, ADE20K_CLASSES, transforms=transforms, ignore_index=ignore_index)
         self.root, self.split = found, split
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.samples[index]
-        classes = reduce_labels(read_mask(mask).numpy(), str(mask), self.ignore_index)
-        return read_image(image), torch.from_numpy(classes)
-
-    def describe(self, index: int) -> str:
-        image, mask = self.samples[index]
-        return f"{mask} (annotation of {image})"
+    def _classes(self, mask: torch.Tensor, path: Path) -> torch.Tensor:
+        return torch.from_numpy(reduce_labels(mask.numpy(), str(path), self.ignore_index))

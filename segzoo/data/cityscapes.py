@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import SegmentationDataset, Transforms
-from .io import DataError, read_image, read_mask
+from .datasets import Transforms, _FileDataset
+from .io import DataError
 
 __all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_COLOURS", "CITYSCAPES_LABEL_TO_TRAIN", "CityscapesSegmentation"]
 
@@ -51,7 +51,7 @@ def label_ids_to_train_ids(ids: np.ndarray, where: str) -> np.ndarray:
     return out
 
 
-class CityscapesSegmentation(SegmentationDataset):
+class CityscapesSegmentation(_FileDataset):
     """Cityscapes fine annotations: ``leftImg8bit/{split}/{city}/*_leftImg8bit.png`` with
     ``gtFine/{split}/{city}/*_gtFine_labelIds.png``; the 19 training classes, 255 for the rest.
 
@@ -79,27 +79,19 @@ class CityscapesSegmentation(SegmentationDataset):
         if not images.is_dir():
             found = sorted(p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir())
             raise DataError(f"{images} does not exist: the splits of {root} are {', '.join(found) or 'none'}")
-        self.samples: list[tuple[Path, Path]] = []
+        samples: list[tuple[Path, Path]] = []
         for image in sorted(images.glob("*/*_leftImg8bit.png")):
             stem = image.name[: -len("_leftImg8bit.png")]
             mask = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
             if not mask.is_file():
                 raise DataError(f"image {image} has no label file: expected {mask}")
-            self.samples.append((image, mask))
-        if not self.samples:
+            samples.append((image, mask))
+        if not samples:
             raise DataError(f"{images} holds no */*_leftImg8bit.png images")
-        super().__init__(CITYSCAPES_CLASSES, transforms=transforms, ignore_index=ignore_index)
+        super().__init__(samples, CITYSCAPES_CLASSES, transforms=transforms, ignore_index=ignore_index)
         self.root, self.split = root, split
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.samples[index]
-        train_ids = label_ids_to_train_ids(read_mask(mask).numpy(), str(mask))
+    def _classes(self, mask: torch.Tensor, path: Path) -> torch.Tensor:
+        train_ids = label_ids_to_train_ids(mask.numpy(), str(path))
         train_ids[train_ids == 255] = self.ignore_index
-        return read_image(image), torch.from_numpy(train_ids)
-
-    def describe(self, index: int) -> str:
-        image, mask = self.samples[index]
-        return f"{mask} (labels of {image})"
+        return torch.from_numpy(train_ids)

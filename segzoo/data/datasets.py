@@ -88,7 +88,8 @@ class SegmentationDataset(Dataset):
 
 
 class _FileDataset(SegmentationDataset):
-    """Samples as (image path, mask path) pairs."""
+    """Samples as (image path, mask path) pairs; a dataset whose label files hold other values than
+    class indices (Cityscapes' label ids, ADE20K's shifted labels) maps them in ``_classes``."""
 
     def __init__(self, samples: list[tuple[Path, Path]], classes: Sequence[str], **kwargs: Any) -> None:
         super().__init__(classes, **kwargs)
@@ -99,7 +100,10 @@ class _FileDataset(SegmentationDataset):
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.samples[index]
-        return read_image(image_path), read_mask(mask_path)
+        return read_image(image_path), self._classes(read_mask(mask_path), mask_path)
+
+    def _classes(self, mask: torch.Tensor, path: Path) -> torch.Tensor:
+        return mask
 
     def describe(self, index: int) -> str:
         image_path, mask_path = self.samples[index]
