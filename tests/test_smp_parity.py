@@ -19,7 +19,8 @@ smp = pytest.importorskip("segmentation_models_pytorch")
 pytestmark = pytest.mark.slow  # each converts and runs two models (3-15 s on 2 shared cores)
 pytest.importorskip("segzoo_smp_heads")
 
-# smp class, extra init kwargs, input size (PAN needs >= 128: its pyramid pools the stride-16 map thrice)
+# smp class, extra init kwargs, input size (PAN's pyramid pools the stride-16 map thrice: 160 makes
+# it 10 -> 5 -> 2 -> 1, odd sides included)
 ARCHS = [
     ("Unet", {}, 64),
     ("UnetPlusPlus", {}, 64),
@@ -29,7 +30,7 @@ ARCHS = [
     ("PSPNet", {}, 64),
     ("DeepLabV3", {}, 64),
     ("DeepLabV3Plus", {}, 64),
-    ("PAN", {}, 128),
+    ("PAN", {}, 160),
     ("UPerNet", {}, 64),
     ("Segformer", {}, 64),
 ]
@@ -41,7 +42,7 @@ VARIANTS = [
     ("PSPNet", {"encoder_depth": 5, "upsampling": 32}, 64),
     ("DeepLabV3", {"encoder_output_stride": 16, "decoder_aspp_separable": True}, 64),
     ("DeepLabV3Plus", {"encoder_output_stride": 8, "decoder_aspp_separable": False}, 64),
-    ("PAN", {"encoder_output_stride": 32}, 256),
+    ("PAN", {"encoder_output_stride": 32}, 288),
 ]
 
 

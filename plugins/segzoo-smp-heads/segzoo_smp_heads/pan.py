@@ -3,6 +3,7 @@ feature and global attention upsampling blocks, as smp 0.6.0 builds it."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -24,22 +25,22 @@ class ConvBnRelu(nn.Module):
         return self.activation(x) if self.add_relu else x
 
 
-class CeilMaxPool2d(nn.Module):
-    """2 x 2 max pooling, stride 2, in ceil mode: a 1-pixel map stays 1 pixel instead of vanishing
-    (smp pools in floor mode; the two agree at the sizes smp accepts).
+class HalvingMaxPool2d(nn.Module):
+    """2 x 2 max pooling, stride 2, as smp's (floor mode: an odd last row or column is dropped),
+    except that a side of one pixel stays one pixel instead of vanishing, so that any input size
+    works.
 
-    Written as -inf padding of odd sides followed by floor-mode pooling, which gives the same
-    numbers: ceil mode's output size has a parity branch that makes torch.export specialise H and
-    W, while ``size % 2`` stays a symbolic expression."""
+    The one-pixel case is -inf padding by ``max(0, 2 - size)``, a symbolic expression that keeps
+    H and W dynamic under torch.export (a Python branch on the size would specialise them)."""
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2:]
-        x = F.pad(x, (0, w % 2, 0, h % 2), value=float("-inf"))
+        x = F.pad(x, (0, torch.sym_max(0, 2 - w), 0, torch.sym_max(0, 2 - h)), value=float("-inf"))
         return F.max_pool2d(x, 2, 2)
 
 
-def _pool() -> CeilMaxPool2d:
-    return CeilMaxPool2d()
+def _pool() -> HalvingMaxPool2d:
+    return HalvingMaxPool2d()
 
 
 class FPABlock(nn.Module):
