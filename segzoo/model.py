@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from torch.nn import functional as F
 
 from . import hub
 from ._folder import save_pretrained
+from .backbones.extractor import FeatureExtractor
 from .errors import UsageError
 
 __all__ = ["SegmentationModel"]
@@ -55,6 +57,10 @@ class SegmentationModel(nn.Module):
                     f"(it returns {info.names()})"
                 )
         self.backbone = backbone
+        # FeatureExtractor.forward(x, names); a subclass that overrides forward(x) keeps all features
+        self._select_features = isinstance(backbone, FeatureExtractor) and (
+            "names" in inspect.signature(type(backbone).forward).parameters
+        )
         self.classifier = head
         self.aux_classifier = aux_head
         self.config: dict[str, Any] = dict(config or {})
@@ -106,7 +112,14 @@ class SegmentationModel(nn.Module):
                 f"expected a batch of images N x C x H x W, got a tensor of shape {tuple(x.shape)}"
             )
         size = x.shape[-2:]
-        features = self.backbone(x)
+        if self._select_features:
+            # only what the heads read: a head on stride 8 does not pay for the deeper stages
+            names = list(self.classifier.in_features)
+            if self.aux_classifier is not None:
+                names += [n for n in self.aux_classifier.in_features if n not in names]
+            features = self.backbone(x, names)
+        else:
+            features = self.backbone(x)
         out = {"out": self._predict(self.classifier, features, size)}
         if self.aux_classifier is not None:
             out["aux"] = self._predict(self.aux_classifier, features, size)

@@ -228,3 +228,31 @@ def test_a_dropped_extractor_is_freed_at_once(method):
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_asking_for_some_features_stops_the_forward_after_them():
+    calls = []
+    net = Untraceable()
+    net.stage2.register_forward_hook(lambda *_: calls.append("stage2"))
+    fe = FeatureExtractor(net, {"stage1": "mid", "stage2": "out"}, method="hooks")
+    calls.clear()  # building probed the shapes with a full forward
+    x = torch.randn(1, 3, 32, 32)
+    mid = fe(x, ["mid"])
+    assert list(mid) == ["mid"] and calls == []  # stage2 never ran
+    both = fe(x)
+    assert list(both) == ["mid", "out"] and calls == ["stage2"]
+    torch.testing.assert_close(mid["mid"], both["mid"])
+    with pytest.raises(UsageError, match="unknown feature names"):
+        fe(x, ["nope"])
+
+
+def test_a_model_runs_the_backbone_only_as_deep_as_its_heads_read():
+    stages = []
+    model = segzoo.create(head="fcn", backbone="resnet18", num_classes=3).eval()
+    for name in ("layer3", "layer4"):
+        model.backbone.get_submodule(name).register_forward_hook(lambda *_, n=name: stages.append(n))
+    model.classifier.in_features = (model.backbone.feature_info.resolve("stride8").name,)
+    model.classifier[0] = nn.Conv2d(128, 128, 3, padding=1, bias=False)  # layer2's 128 channels
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64))["out"].shape == (1, 3, 64, 64)
+    assert stages == []

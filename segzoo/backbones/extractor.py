@@ -7,7 +7,7 @@ import functools
 import itertools
 import linecache
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -164,19 +164,20 @@ class _Captures:
     the memory-mapped weights file under it, alive until the next garbage collection.
     """
 
-    def __init__(self, wanted: int) -> None:
-        self.calls: dict[int, dict[str, Tensor]] = {}
-        self.wanted = wanted
+    def __init__(self) -> None:
+        # per call: the outputs captured so far and the names the call needs
+        self.calls: dict[int, tuple[dict[str, Tensor], frozenset[str]]] = {}
 
     def hook(self, name: str, _module: nn.Module, _inputs: Any, output: Any) -> None:
         """Forward hook, registered once: keep a requested output of the current call."""
-        captured = self.calls.get(_call_key())
-        if captured is None:
+        call = self.calls.get(_call_key())
+        if call is None:
             return  # the wrapped module runs outside this extractor's forward
+        captured, wanted = call
         captured[name] = output
         # The rest of the module is not needed. Under torch.compile the forward runs to its end
         # instead, since raising out of a hook would split the graph.
-        if len(captured) == self.wanted and not torch.compiler.is_compiling():
+        if wanted <= captured.keys() and not torch.compiler.is_compiling():
             raise _StopForward
 
 
@@ -236,7 +237,7 @@ class FeatureExtractor(nn.Module):
             self._share_state(module)
             # hooks registered once, as torch.compile traces them into one graph where hooks
             # added per call would split it
-            self._captures = _Captures(len(nodes))
+            self._captures = _Captures()
             for node, name in nodes.items():
                 module.get_submodule(node).register_forward_hook(functools.partial(self._captures.hook, name))
         elif method == "outputs":
@@ -313,12 +314,22 @@ class FeatureExtractor(nn.Module):
 
     # -- behaviour ----------------------------------------------------------------------------
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+        """The features, by name; ``names`` asks for some of them only (in hooks mode the wrapped
+        forward then stops at the last one: a head that reads stride 8 does not pay for 16 and 32)."""
+        if names is not None:
+            unknown = [n for n in names if n not in self.return_nodes.values()]
+            if unknown:
+                raise UsageError(
+                    f"unknown feature names {unknown}: this extractor returns {self.feature_info.names()}"
+                )
         if self._fx_forward is not None:
-            return self._fx_forward[self.training](self, x)
-        if self.method == "outputs":
-            return self._run_outputs(x)
-        return self._run_with_hooks(x)
+            out = self._fx_forward[self.training](self, x)
+        elif self.method == "outputs":
+            out = self._run_outputs(x)
+        else:
+            return self._run_with_hooks(x, self.return_nodes.values() if names is None else names)
+        return out if names is None else {n: out[n] for n in names}
 
     def _run_outputs(self, x: Tensor) -> dict[str, Tensor]:
         out = self._body(x)
@@ -326,19 +337,21 @@ class FeatureExtractor(nn.Module):
             return {name: out[key] for key, name in self.return_nodes.items()}
         return {name: out[int(key)] for key, name in self.return_nodes.items()}
 
-    def _run_with_hooks(self, x: Tensor) -> dict[str, Tensor]:
+    def _run_with_hooks(self, x: Tensor, names: Iterable[str]) -> dict[str, Tensor]:
         key = _call_key()
-        self._captures.calls[key] = captured = {}
+        names = list(names)
+        captured: dict[str, Tensor] = {}
+        self._captures.calls[key] = (captured, frozenset(names))
         try:
             self._body(x)
         except _StopForward:
             pass
         finally:
             del self._captures.calls[key]
-        missing = [n for n in self.return_nodes.values() if n not in captured]
+        missing = [n for n in names if n not in captured]
         if missing:
             raise RuntimeError(f"the wrapped {self.wrapped_class}'s forward never ran the nodes of {missing}")
-        return {name: captured[name] for name in self.return_nodes.values()}
+        return {name: captured[name] for name in names}
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         super().train(mode)

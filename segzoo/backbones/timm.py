@@ -11,6 +11,7 @@ otherwise.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -60,9 +61,9 @@ class TimmBackbone(FeatureExtractor):
     dilation: str | None
     nhwc: bool
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
+    def forward(self, x: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
         self.check_input(x)
-        feats = super().forward(x)
+        feats = super().forward(x, names)
         if self.nhwc:
             feats = {k: v.permute(0, 3, 1, 2) for k, v in feats.items()}
         return feats
