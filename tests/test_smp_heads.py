@@ -99,3 +99,23 @@ def test_segzoo_convert_smp_on_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'mit_b0'" in err and "tu-<timm model>" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_pspnet_takes_channel_counts_that_do_not_divide_by_four():
+    """A pruned ResNet's stride-8 feature has 142 channels: smp's 2 * channels would not fit."""
+    from segzoo_smp_heads.pspnet import build_pspnet
+
+    info = segzoo.FeatureInfo([segzoo.Feature(f"s{r}", c, r, f"s{r}") for c, r in [(26, 4), (142, 8)]])
+    head = build_pspnet(info, 3, encoder_depth=3).eval()
+    with torch.no_grad():
+        out = head(torch.randn(1, 142, 8, 8))
+    assert out.shape == (1, 3, 64, 64)
+
+
+def test_a_backbone_without_the_deepest_stage_is_refused_as_incompatible():
+    from segzoo.backbones.matrix import INCOMPATIBLE, cause
+
+    info = segzoo.FeatureInfo([segzoo.Feature(f"s{r}", 8, r, f"s{r}") for r in (8, 11)])  # CrossViT's
+    with pytest.raises(ValueError, match="needs a backbone feature at encoder stage 5") as err:
+        encoder_stages(info)
+    assert cause(f"build: ValueError: {err.value}") == INCOMPATIBLE

@@ -37,6 +37,11 @@ def cause(error: str) -> str:
         ("features_only not implemented", "no features_only in timm"),
         ("no feature at reduction", INCOMPATIBLE),
         ("returns a single feature", INCOMPATIBLE),
+        # the plugin heads' wording: "needs a backbone feature at ...", "needs backbone features at
+        # reductions ...", "DPT needs 4 backbone features, the backbone has 3"
+        ("needs a backbone feature", INCOMPATIBLE),
+        ("needs backbone features", INCOMPATIBLE),
+        ("backbone features, the backbone has", INCOMPATIBLE),
         ("cannot be dilated", "not dilatable"),
         ("not dilatable: ", "not dilatable"),
         ("timeout", "timeout (per-architecture limit)"),

@@ -44,6 +44,12 @@ def encoder_stages(feature_info: segzoo.FeatureInfo, depth: int = 5) -> list[seg
         slots[i] = at_r[-1] if at_r else None
     deep = [f for f in feats if f.reduction == deepest][-(5 - first_deep) :]
     slots[first_deep : first_deep + len(deep)] = deep
+    if slots[depth - 1] is None:
+        raise ValueError(
+            f"this head needs a backbone feature at encoder stage {depth} (reduction "
+            f"{STAGE_REDUCTIONS[depth - 1]}, or a dilated backbone's deepest feature); the backbone has "
+            f"{[(f.name, f.reduction) for f in feature_info]}"
+        )
     return slots[:depth]
 
 

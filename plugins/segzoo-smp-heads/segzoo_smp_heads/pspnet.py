@@ -38,7 +38,10 @@ class PSPDecoder(nn.Module):
     def __init__(self, channels: int, use_norm, out_channels: int, dropout: float) -> None:
         super().__init__()
         self.psp = PSPModule(channels, use_norm=use_norm)
-        self.conv = conv_norm_relu(2 * channels, out_channels, 1, use_norm=use_norm)
+        # what the pyramid concatenates: smp writes 2 * channels, which is the same when channels
+        # divide by 4 and fails otherwise (a pruned ResNet's 142 channels, say)
+        pyramid = channels + len(self.psp.blocks) * (channels // len(self.psp.blocks))
+        self.conv = conv_norm_relu(pyramid, out_channels, 1, use_norm=use_norm)
         self.dropout = nn.Dropout2d(p=dropout)
 
     def forward(self, features: list[Tensor]) -> Tensor:
