@@ -89,3 +89,16 @@ def test_writer_never_leaves_a_partial_folder(tmp_path):
     assert len(list((tmp_path / "empty" / "images").iterdir())) == 5
     with pytest.raises(FileExistsError, match=r"already exists and is not empty"):
         write_synthetic(tmp_path / "empty", 5)
+
+
+def test_the_written_folder_has_the_users_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        out = write_synthetic(tmp_path / "s", 4)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not mkdtemp's 0700
+    assert stat.S_IMODE((out / "classes.txt").stat().st_mode) == 0o644

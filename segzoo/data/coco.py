@@ -12,7 +12,6 @@ import difflib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from PIL import Image
 from .._viz import mask_image
 from ..errors import UsageError
 from .datasets import VOC_CLASSES, SegmentationDataset, Transforms
-from .io import DataError, check_relative_name, read_image
+from .io import DataError, building_dataset_folder, check_relative_name, read_image
 
 __all__ = ["COCO_VOC_CATEGORIES", "COCOSegmentation", "write_coco_subset"]
 
@@ -400,12 +399,7 @@ def write_coco_subset(
                 f"{data.image_path(i)} and image id {data.ids[stems[stem]]} share the name {stem!r}"
             )
         stems[stem] = i
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        (tmp / "splits").mkdir()
+    with building_dataset_folder(out) as tmp:
         indices = range(len(data))
         for i in progress(indices) if progress else indices:
             src = data.image_path(i)
@@ -420,13 +414,6 @@ def write_coco_subset(
             (tmp / "splits" / f"{split}.txt").write_text(
                 "".join(f"{data.image_path(i).stem}\n" for i in chosen)
             )
-        _normal_permissions(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -442,12 +429,3 @@ def _check_size(path: Path, data: COCOSegmentation, i: int) -> None:
             f"{path} is {size[0]}x{size[1]} but {data.annotations_path} says {info['width']}x{info['height']} "
             f"(image id {data.ids[i]}): the file does not match its annotations"
         )
-
-
-def _normal_permissions(folder: Path) -> None:
-    """mkdtemp makes a 0700 folder: give the tree the modes the user's umask asks for."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for p in folder.rglob("*"):
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)

@@ -6,6 +6,10 @@ Only Pillow, numpy and torch: the predictor uses this without importing torchvis
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +122,32 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a directory")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+@contextmanager
+def building_dataset_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` holding ``images/``, ``masks/`` and ``splits/``: when the
+    block ends it gets the user's normal permissions and replaces ``out`` (absent or empty); when
+    the block fails it is removed, so ``out`` never holds a partial dataset."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for sub in ("images", "masks", "splits"):
+            (tmp / sub).mkdir()
+        yield tmp
+        _normal_permissions(tmp)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _normal_permissions(folder: Path) -> None:
+    """mkdtemp makes a 0700 folder: give the tree the modes the user's umask asks for."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for p in folder.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import colorsys
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import torch
 
 from .._viz import save_mask
 from .datasets import SegmentationDataset, Transforms
+from .io import building_dataset_folder
 
 __all__ = ["SYNTHETIC_CLASSES", "SyntheticSegmentation", "write_synthetic"]
 
@@ -241,12 +240,7 @@ def write_synthetic(
     data = SyntheticSegmentation(
         n, seed=seed, num_classes=num_classes, val_fraction=val_fraction, **render_kwargs
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        (tmp / "splits").mkdir()
+    with building_dataset_folder(out) as tmp:
         indices = range(len(data))
         for i in progress(indices) if progress else indices:
             img, mask = data.sample(i)
@@ -256,10 +250,4 @@ def write_synthetic(
         for split in ("train", "val"):
             names = [f"{i:05d}" for i in split_indices(n, split, val_fraction)]
             (tmp / "splits" / f"{split}.txt").write_text("".join(f"{s}\n" for s in names))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
