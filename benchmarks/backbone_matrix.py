@@ -2,6 +2,7 @@
 
     nice -n 19 .venv/bin/python benchmarks/backbone_matrix.py --tier meta   # every architecture
     nice -n 19 .venv/bin/python benchmarks/backbone_matrix.py --tier real   # real forward+backward
+    nice -n 19 .venv/bin/python benchmarks/backbone_matrix.py --tier export --sample  # torch.export
 
 Each architecture runs in a worker process (one worker serves many architectures, so torch is
 imported once; a worker that passes the per-architecture timeout is killed and replaced, the
@@ -13,7 +14,9 @@ head plugin adds its column without redoing the rest).
 Tier "meta" builds on the meta device (shapes only): features, roles, input sizes taken, output
 strides 16 and 8, and per head a build, a forward in train and eval mode and a backward. Tier
 "real" does the heads' forward (train and eval) and backward for real at a small size, cheapest
-architectures first; those over ``--max-params`` are recorded as skipped.
+architectures first; those over ``--max-params`` are recorded as skipped. Tier "export" runs
+``torch.export`` on the backbone with one head that works (FCN where it does), static at the
+real tier's size and with dynamic height and width, each program compared with eager once.
 """
 
 from __future__ import annotations
@@ -76,9 +79,9 @@ def worker(tier: str) -> None:
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    from segzoo.backbones._verify import error_text, work_meta, work_real
+    from segzoo.backbones._verify import error_text, work_export, work_meta, work_real
 
-    fn = work_meta if tier == "meta" else work_real
+    fn = {"meta": work_meta, "real": work_real, "export": work_export}[tier]
     for line in sys.stdin:
         job = json.loads(line)
         try:
@@ -181,7 +184,7 @@ def save(data: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tier", choices=("meta", "real"), default="meta")
+    ap.add_argument("--tier", choices=("meta", "real", "export"), default="meta")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--only", default="", help="fnmatch filter on architecture names")
     ap.add_argument("--limit", type=int, default=0, help="at most this many architectures (0: all)")
@@ -189,6 +192,9 @@ def main() -> None:
     ap.add_argument("--max-params", type=float, default=150e6, help="tier real: skip bigger backbones")
     ap.add_argument("--retry-errors", action="store_true", help="redo entries whose tier failed")
     ap.add_argument("--sample", action="store_true", help="only the stratified sample (smallest per module)")
+    ap.add_argument(
+        "--shard", default="0/1", help="K/N: every Nth architecture of the plan from the Kth (run N at once)"
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -198,10 +204,10 @@ def main() -> None:
     import torch
 
     import segzoo
-    from segzoo.backbones.matrix import sample
+    from segzoo.backbones.matrix import sample, summarize
 
     heads = segzoo.list_heads()
-    timeout = args.timeout or (120.0 if args.tier == "meta" else 300.0)
+    timeout = args.timeout or {"meta": 120.0, "real": 300.0, "export": 900.0}[args.tier]
     header = dict(
         timm=timm.__version__, torch=torch.__version__.split("+")[0], segzoo=segzoo.__version__, heads=heads
     )
@@ -218,6 +224,12 @@ def main() -> None:
                 continue
             entry = models.setdefault(n, {"module": module_of.get(n, "?")})
             tier = entry.get(args.tier)
+            if args.tier == "export":
+                # after the other tiers, with one head that works there (FCN where it does)
+                ok = summarize(n, entry, heads)["heads"]
+                if ok and (tier is None or (args.retry_errors and "error" in tier)):
+                    todo.append((n, ["fcn" if "fcn" in ok else ok[0]], True))
+                continue
             if args.tier == "real":
                 if "params" not in entry.get("meta", {}):
                     continue  # real runs after meta, cheapest first by the meta parameter count
@@ -230,7 +242,7 @@ def main() -> None:
                 missing = [h for h in heads if h not in tier.get("heads", {})]
                 if missing:
                     todo.append((n, missing, False))
-        if args.tier == "real":
+        if args.tier in ("real", "export"):
             todo.sort(key=lambda j: models[j[0]]["meta"]["params"])
         else:
             # Round robin over timm's modules, so that every family is covered early; within one,
@@ -248,6 +260,8 @@ def main() -> None:
 
     todo: list = []
     store.update(lambda models: todo.extend(plan(models)))
+    k, _, n = args.shard.partition("/")
+    todo = todo[int(k) :: int(n)]  # the plan is sorted by cost, so shards take turns: equal work
     if args.limit:
         todo = todo[: args.limit]
     print(f"{args.tier}: {len(todo)} architectures to run, {len(heads)} heads", flush=True)
@@ -270,8 +284,10 @@ def main() -> None:
                     models[name][args.tier]["heads"].update(rec.get("heads", {}))
 
             store.update(put)
-            status = rec.get("error") or " ".join(
-                f"{h}={'ok' if v == 'ok' else 'x'}" for h, v in rec.get("heads", {}).items()
+            status = (
+                rec.get("error")
+                or (f"static={rec['static']} dynamic={rec['dynamic']}" if args.tier == "export" else "")
+                or " ".join(f"{h}={'ok' if v == 'ok' else 'x'}" for h, v in rec.get("heads", {}).items())
             )
             print(
                 f"[{i + 1}/{len(todo)} {time.time() - started:.0f}s] {name} {rec.get('s')}s {status[:100]}",

@@ -187,9 +187,9 @@ def _print_timm_rows(rows: list[dict[str, Any]], filtered: bool) -> None:
         print("  filter to see them, e.g. segzoo list --backbones convnext")
         return
     print(table([[r["name"], r["module"], f"{r['params'] / 1e6:.1f}" if "params" in r else "",
-                  "/".join(r.get("output_strides", [])), r["tier"] or "-",
+                  "/".join(r.get("output_strides", [])), r["tier"] or "-", r.get("export", {}).get("how", ""),
                   " ".join(r["heads"]) or r.get("cause", "")] for r in rows],
-                ["NAME", "FAMILY", "PARAMS(M)", "OUTPUT STRIDES", "TIER", "HEADS THAT WORK"]))  # fmt: skip
+                ["NAME", "FAMILY", "PARAMS(M)", "OUTPUT STRIDES", "TIER", "EXPORT", "HEADS THAT WORK"]))  # fmt: skip
 
 
 def _list_pretrained(pattern: str, as_json: bool) -> int:

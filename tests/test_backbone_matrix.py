@@ -12,8 +12,16 @@ import timm
 import torch
 
 import segzoo
-from segzoo.backbones._verify import work_meta, work_real
-from segzoo.backbones.matrix import cause, load_matrix, outcome, render_markdown, sample, summarize
+from segzoo.backbones._verify import work_export, work_meta, work_real
+from segzoo.backbones.matrix import (
+    cause,
+    export_kind,
+    load_matrix,
+    outcome,
+    render_markdown,
+    sample,
+    summarize,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "backbones.md"
 BUILT_IN_HEADS = ("fcn", "deeplabv3", "lraspp")
@@ -62,6 +70,29 @@ def test_a_summary_says_what_was_measured():
     entry["real"]["heads"]["fcn"] = "train: RuntimeError: boom"
     s = summarize("x", entry, heads)
     assert not s["verified"] and s["failing"] == {"fcn": "train: RuntimeError: boom"}
+    assert "export" not in s  # not measured
+    entry["export"] = {"head": "fcn", "static": "ok", "dynamic": "multiples of 32", "s": 3.0}
+    assert summarize("x", entry, heads)["export"] == {
+        "head": "fcn",
+        "static": "ok",
+        "dynamic": "multiples of 32",
+        "how": "k*32",
+    }
+
+
+@pytest.mark.parametrize(
+    "rec, how",
+    [
+        ({"static": "ok", "dynamic": "any size"}, "dynamic"),
+        ({"static": "ok", "dynamic": "multiples of 14"}, "k*14"),
+        ({"static": "ok", "dynamic": "no: the backbone takes one input size"}, "static"),
+        ({"static": "ok", "dynamic": "TimeoutError: more than 150 s"}, "static"),
+        ({"static": "TorchRuntimeError: boom", "dynamic": "no"}, "fails"),
+        ({"error": "build: UsageError: boom"}, "fails"),
+    ],
+)
+def test_an_export_record_reads_as_one_word(rec, how):
+    assert export_kind(rec) == how
 
 
 def test_the_sample_covers_every_timm_module():
@@ -101,6 +132,27 @@ def test_a_stratified_sample_still_works_as_recorded(module):
         )
 
 
+EXPORT_RECHECKS = 3
+
+
+def _export_recheck_names() -> list[str]:
+    data = load_matrix()
+    measured = [n for n in sample(data).values() if "export" in data["models"][n]]
+    return sorted(measured, key=lambda n: data["models"][n]["export"]["s"])[:EXPORT_RECHECKS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _export_recheck_names())
+def test_the_quickest_recorded_exports_still_export_as_recorded(name):
+    """torch.export of a timm backbone with a head, as the matrix records it (static, dynamic or
+    multiples), re-run on the sample's quickest members: a torch or timm upgrade shows."""
+    rec = load_matrix()["models"][name]["export"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = work_export(name, [rec["head"]], True)
+    assert export_kind(got) == export_kind(rec), (name, rec, got)
+
+
 def test_cli_shows_the_measured_status(capsys):
     from segzoo.cli import main
 
@@ -113,4 +165,4 @@ def test_cli_shows_the_measured_status(capsys):
     assert info["verified"]["tier"] == want["tier"] and info["verified"]["heads"] == want["heads"]
     assert main(["list", "--backbones", "resnet18"]) == 0
     out = capsys.readouterr().out
-    assert "timm:resnet18 " in out and "HEADS THAT WORK" in out
+    assert "timm:resnet18 " in out and "HEADS THAT WORK" in out and "EXPORT" in out

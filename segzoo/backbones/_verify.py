@@ -2,12 +2,16 @@
 behind ``timm_matrix.json`` (``benchmarks/backbone_matrix.py``) and its sample test.
 
 Tier "meta" runs on the meta device (shapes only); tier "real" runs a forward in train and eval
-mode and a backward for real at a small size. Each result is "ok" or the error, one line.
+mode and a backward for real at a small size; tier "export" runs ``torch.export`` with one head.
+Each result is "ok" or the error, one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .._factory import create
@@ -171,5 +175,84 @@ def work_real(name: str, heads: list[str], full: bool) -> dict[str, Any]:
     for h in heads:
         rec["heads"][h] = run_head(bb, h, size, real=True)
     del bb
+    rec["s"] = round(time.perf_counter() - t, 2)
+    return rec
+
+
+EXPORT_SECONDS = 150.0  # per attempt: a few window transformers take minutes in the shape solver
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in this (the main) thread after ``seconds``: torch.export traces in
+    Python, so the alarm interrupts it, and the worker goes on with the next attempt."""
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"more than {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _exports_and_matches(wrapper: Any, constraint: Any, stride: int, check: tuple[int, int]) -> str:
+    """One ``torch.export`` under ``constraint``, its program run at ``check`` against eager."""
+    import torch
+
+    from ..export import _try_export
+
+    with _time_limit(EXPORT_SECONDS):
+        ep = _try_export(wrapper, constraint, stride)
+    if ep is None:
+        return "no"
+    x = torch.rand(1, 3, *check)
+    with torch.no_grad():
+        want, got = wrapper(x), ep.module()(x)
+    err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+    return "ok" if err <= 1e-4 else f"differs from eager at {check[0]}x{check[1]} (rel. error {err:.1e})"
+
+
+def work_export(name: str, heads: list[str], full: bool) -> dict[str, Any]:
+    """``torch.export`` of the backbone with ``heads[0]`` in eval mode: at the tier-real size
+    (static), then with dynamic height and width (any size, else multiples of the backbone's
+    input multiple or largest stride); each program is run once and compared with eager."""
+    from ..export import SizeConstraint, _max_reduction, _Outputs, _round_up
+
+    t = time.perf_counter()
+    head = heads[0]
+    try:
+        bb = timm_backbone(name)
+        model = create(head, backbone=bb, num_classes=3)
+    except Exception as e:
+        return {"head": head, "error": "build: " + error_text(e), "s": round(time.perf_counter() - t, 2)}
+    rule = bb.input_rule()
+    size = _size_for(bb, max(64, _min_size(bb) or 64))
+    wrapper = _Outputs(model, False).eval()
+    stride = _max_reduction(model)
+    rec: dict[str, Any] = {"head": head}
+    try:
+        static = SizeConstraint(1, min(size), max(size), size)
+        rec["static"] = _exports_and_matches(wrapper, static, stride, size)
+    except Exception as e:
+        rec["static"] = error_text(e)
+    if "fixed" in rule:
+        rec["dynamic"] = "no: the backbone takes one input size"
+    else:
+        rec["dynamic"] = "no"
+        for m in dict.fromkeys((rule.get("multiple", 1), stride)):
+            c = SizeConstraint(m, _round_up(max(2 * stride, min(size)), m), None)
+            h, w = c.example(stride)
+            try:
+                got = _exports_and_matches(wrapper, c, stride, (h + m, w))
+            except Exception as e:
+                rec["dynamic"] = error_text(e)
+                break
+            if got != "no":
+                rec["dynamic"] = ("any size" if m == 1 else f"multiples of {m}") if got == "ok" else got
+                break
     rec["s"] = round(time.perf_counter() - t, 2)
     return rec

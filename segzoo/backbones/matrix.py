@@ -12,7 +12,16 @@ from collections import Counter
 from importlib import resources
 from typing import Any
 
-__all__ = ["cause", "load_matrix", "outcome", "render_markdown", "sample", "summarize", "totals"]
+__all__ = [
+    "cause",
+    "export_kind",
+    "load_matrix",
+    "outcome",
+    "render_markdown",
+    "sample",
+    "summarize",
+    "totals",
+]
 
 MATRIX_FILE = "timm_matrix.json"
 
@@ -126,7 +135,23 @@ def summarize(name: str, entry: dict[str, Any], heads: list[str]) -> dict[str, A
         out["real"] = real["skipped"]
     elif not real:
         out["real"] = "pending (not measured yet)"
+    if "export" in entry:
+        out["export"] = {k: v for k, v in entry["export"].items() if k != "s"}
+        out["export"]["how"] = export_kind(entry["export"])
     return out
+
+
+def export_kind(rec: dict[str, Any]) -> str:
+    """A measured ``torch.export`` as one word: ``dynamic`` (any height and width), ``k*N``
+    (multiples of N), ``static`` (one size), or ``fails``."""
+    if rec.get("static") != "ok":
+        return "fails"
+    dynamic = rec.get("dynamic", "")
+    if dynamic == "any size":
+        return "dynamic"
+    if dynamic.startswith("multiples of "):
+        return "k*" + dynamic.removeprefix("multiples of ")
+    return "static"
 
 
 def totals(data: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +169,8 @@ def totals(data: dict[str, Any]) -> dict[str, Any]:
         for o, how in (r.get("dilation") or {}).items():
             if how not in ("as built", "timm", "segzoo"):
                 causes[f"output_stride={o}: {how}"] += 1
+        if "export" in r and r["export"]["how"] == "fails":
+            causes[f"torch.export: {cause(r['export'].get('error') or r['export']['static'])}"] += 1
     return {
         "architectures": len(rows),
         "meta_passed": sum(r["tier"] in ("meta", "real") for r in rows),
@@ -151,13 +178,14 @@ def totals(data: dict[str, Any]) -> dict[str, Any]:
         "verified_real_every_compatible_head": sum(r["verified"] for r in rows),
         "real_pending": sum(r.get("real") == "pending (not measured yet)" for r in rows),
         "per_head": {h: sum(h in r["heads"] for r in rows) for h in heads},
+        "export": dict(Counter(r["export"]["how"] for r in rows if "export" in r).most_common()),
         "output_stride": {
             o: dict(Counter((r.get("dilation") or {}).get(o) for r in rows if "dilation" in r).most_common())
             for o in ("16", "8")
         },
         "seconds": {
             tier: _seconds([e[tier]["s"] for e in data["models"].values() if "s" in (e.get(tier) or {})])
-            for tier in ("meta", "real")
+            for tier in ("meta", "real", "export")
         },
         "causes": dict(causes.most_common()),
     }
@@ -197,6 +225,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"- tier real not measured yet: {t['real_pending']}",
         "- per head (architectures where it works, best tier): "
         + ", ".join(f"{h} {n}" for h, n in t["per_head"].items()),
+        f"- torch.export with one working head, measured for {sum(t['export'].values())} architectures "
+        "(the stratified sample, one per timm module, at least): "
+        + ", ".join(f"{how} {n}" for how, n in t["export"].items()),
         "- output stride 16 / 8 (measured on the meta device; how: as built, timm's own dilation,"
         " segzoo's generic dilation, or why not): "
         + "; ".join(
@@ -217,15 +248,17 @@ def render_markdown(data: dict[str, Any]) -> str:
         "Tier: `real` (forward and backward for real), `meta` (shapes only), `-` (failed or not measured;",
         "see the cause). Output strides: `32` as built; `16`/`8` by timm's own dilation (t) or segzoo's",
         "generic dilation (s). Heads: those that work; in brackets those that do not fit (the backbone",
-        "lacks a feature they need); `!` marks heads that fail.",
+        "lacks a feature they need); `!` marks heads that fail. Export (`torch.export` of the backbone",
+        "with FCN, or another working head, compared with eager): `dynamic` any height and width, `k*N`",
+        "multiples of N, `static` one size only, `fails`; empty where not measured.",
         "",
-        "| architecture | family | params (M) | strides | output strides | input | tier | heads |",
-        "|---|---|---|---|---|---|---|---|",
+        "| architecture | family | params (M) | strides | output strides | input | tier | heads | export |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in sorted(data["models"].items()):
         r = summarize(name, entry, heads)
         if "params" not in r:
-            lines.append(f"| {name} | {r['module']} | | | | | - | {r.get('cause', '')} |")
+            lines.append(f"| {name} | {r['module']} | | | | | - | {r.get('cause', '')} | |")
             continue
         mark = {"as built": "", "timm": "t", "segzoo": "s"}
         oss = " ".join(
@@ -245,7 +278,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         tier = r["tier"] or "-"
         lines.append(
             f"| {name} | {r['module']} | {r['params'] / 1e6:.1f} | {'/'.join(map(str, r['strides']))} | {oss} "
-            f"| {inp_s} | {tier} | {hs} |"
+            f"| {inp_s} | {tier} | {hs} | {r['export']['how'] if 'export' in r else ''} |"
         )
     lines += [
         "",
@@ -255,7 +288,10 @@ def render_markdown(data: dict[str, Any]) -> str:
         "later run adds new architectures and newly registered heads only; `--sample` runs the real tier",
         "on the stratified sample that `tests/test_backbone_matrix.py` re-checks). Tier real skips",
         "backbones over 150M parameters on this 2-core machine; they are listed as such in the causes.",
-        "Whether a model exports with `torch.export` is not measured here yet.",
+        "`--tier export` runs `torch.export` (static at the real tier's size, then with dynamic height",
+        "and width) on the backbone with one working head and runs each program once against eager;",
+        "a window transformer's export can take minutes in torch's shape solver (up to 150 s per",
+        "attempt here), so it is measured on the stratified sample, and on more as time allows.",
         "",
         "Wall-clock seconds per architecture (2-core x86_64 shared with other jobs, run at nice 19, so",
         "these are upper bounds): "
