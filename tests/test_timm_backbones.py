@@ -202,3 +202,31 @@ def test_unpadded_convolutions_keep_timms_strides():
     with torch.device("meta"):
         bb = timm_backbone("inception_v3")
     assert bb.feature_info.reductions() == [2, 4, 8, 16, 32]
+
+
+class _ReadsValues(torch.nn.Module):
+    """A backbone whose forward reads a value (as gemma4's ViT does with Tensor.item())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        n = int(x.new_tensor(x.shape[-1]).item())  # fails on the meta device
+        return self.conv(x)[..., : n // 2]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_forward_that_reads_values_is_measured_with_data(device, monkeypatch):
+    """The meta device has no values: such a model's shapes come from a run with its weights (or
+    zero weights when it lives on the meta device) instead of failing to build."""
+    from segzoo.backbones import dilation
+
+    monkeypatch.setattr(dilation, "REAL_PROBE_NUMEL", 0)  # as for a model too big to probe for real
+    with torch.device(device):
+        net = _ReadsValues()
+    assert dilation.shape_forward(net, (10, 14)).shape == (1, 4, 5, 7)
+    monkeypatch.setattr(dilation, "ZEROS_PROBE_NUMEL", 0)
+    if device == "meta":  # too big to run with zeros: the meta error stands
+        with pytest.raises(RuntimeError, match="meta"):
+            dilation.shape_forward(net, (10, 14))

@@ -47,6 +47,9 @@ def _pair(v) -> tuple[int, int]:
 # Models up to this many parameters and buffers are probed for real on the CPU: torch's meta
 # kernels for BatchNorm and friends are Python decompositions, slower than a small real forward.
 REAL_PROBE_NUMEL = 50_000_000
+# A model on the meta device whose forward reads values runs once with zero weights up to this
+# size (4 GB of float32); a bigger one cannot be measured without its memory.
+ZEROS_PROBE_NUMEL = 1_000_000_000
 
 
 def shape_forward(module: nn.Module, size: tuple[int, int]) -> Any:
@@ -75,10 +78,17 @@ def shape_forward(module: nn.Module, size: tuple[int, int]) -> Any:
             tensors = {k: torch.empty_like(v, device="meta") for k, v in named}
             try:
                 return functional_call(module, tensors, (torch.empty(1, 3, *size, device="meta"),))
-            except NotImplementedError:
-                if on_meta:
+            except (NotImplementedError, RuntimeError) as err:
+                # an op without a meta kernel, or one that reads values (gemma4's Tensor.item()):
+                # run with data, real weights or zeros; a shape error is the answer, not a reason
+                if not isinstance(err, NotImplementedError) and "meta" not in str(err):
                     raise
-                return module(torch.zeros(1, 3, *size, device=device))  # an op without a meta kernel
+                if not on_meta:
+                    return module(torch.zeros(1, 3, *size, device=device))
+                if sum(v.numel() for _, v in named) > ZEROS_PROBE_NUMEL:
+                    raise
+                zeros = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in named}
+                return functional_call(module, zeros, (torch.zeros(1, 3, *size),))
     finally:
         module.train(was_training)
 
