@@ -116,17 +116,30 @@ def run_head(bb: Any, head: str, size: tuple[int, int], real: bool) -> str:
     return "ok"
 
 
-def work_meta(name: str, heads: list[str], full: bool) -> dict[str, Any]:
+def _meta_backbone(name: str, **kwargs: Any) -> tuple[Any, str]:
+    """The backbone on the meta device, or on the CPU when its forward reads values (Tensor.item()
+    on a tensor attribute, which no probe on the meta device can run), and where it was built."""
     import torch
 
+    try:
+        with torch.device("meta"):
+            return timm_backbone(name, **kwargs), "meta"
+    except Exception as e:
+        if "meta tensors" not in str(e):
+            raise
+    return timm_backbone(name, **kwargs), "cpu"
+
+
+def work_meta(name: str, heads: list[str], full: bool) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     t = time.perf_counter()
     if full:
         try:
-            with torch.device("meta"):
-                bb = timm_backbone(name)
+            bb, device = _meta_backbone(name)
         except Exception as e:
             return {"error": error_text(e), "s": round(time.perf_counter() - t, 2)}
+        if device != "meta":
+            rec["device"] = device
         info = bb.feature_info
         rec["params"] = sum(p.numel() for p in bb.parameters())
         rec["features"] = [[f.channels, f.reduction] for f in info]
@@ -145,16 +158,14 @@ def work_meta(name: str, heads: list[str], full: bool) -> dict[str, Any]:
                 rec["os"][str(os_)] = "as built"
                 continue
             try:
-                with torch.device("meta"):
-                    d = timm_backbone(name, output_stride=os_)
+                d, _ = _meta_backbone(name, output_stride=os_)
                 rec["os"][str(os_)] = d.dilation
             except NotDilatableError as e:
                 rec["os"][str(os_)] = f"not dilatable: {e.reason}"[:ERR_CHARS]
             except Exception as e:
                 rec["os"][str(os_)] = error_text(e)
     else:
-        with torch.device("meta"):
-            bb = timm_backbone(name)
+        bb, _ = _meta_backbone(name)
     size = _size_for(bb, max(64, rec.get("min_size") or _min_size(bb) or 64))
     rec["heads"] = {}
     for h in heads:

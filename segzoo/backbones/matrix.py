@@ -288,6 +288,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         "later run adds new architectures and newly registered heads only; `--sample` runs the real tier",
         "on the stratified sample that `tests/test_backbone_matrix.py` re-checks). Tier real skips",
         "backbones over 150M parameters on this 2-core machine; they are listed as such in the causes.",
+        "Tier meta builds a backbone whose forward reads values (`Tensor.item()`, as gemma4's ViT does)",
+        "on the CPU instead of the meta device, which has no values.",
         "`--tier export` runs `torch.export` (static at the real tier's size, then with dynamic height",
         "and width) on the backbone with one working head and runs each program once against eager;",
         "a window transformer's export can take minutes in torch's shape solver (up to 150 s per",
