@@ -234,7 +234,8 @@ def main() -> None:
                 if "params" not in entry.get("meta", {}):
                     continue  # real runs after meta, cheapest first by the meta parameter count
                 if entry["meta"]["params"] > args.max_params:
-                    entry["real"] = {"skipped": skip_msg}
+                    if tier is None or "skipped" in tier:  # keep what a bigger budget measured
+                        entry["real"] = {"skipped": skip_msg}
                     continue
             if tier is None or (args.retry_errors and "error" in tier):
                 todo.append((n, heads, True))
