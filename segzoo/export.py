@@ -122,6 +122,13 @@ def _try_export(wrapper: nn.Module, constraint: SizeConstraint, stride: int):
         # sympy, under torch's shape solver, gives up on some size expressions (floor divisions
         # nested in modulos): the same as a violated constraint, a stricter one may still export
         return None
+    except AssertionError:
+        # torch's shape solver asserts on what it cannot reduce (ceil-mode pooling at any size:
+        # "Expected op to be '=='"), and a model's own size asserts fail the same way: a
+        # constraint that does not hold, unless the size is already fixed
+        if constraint.static is not None:
+            raise
+        return None
     return ep if _guards_hold(ep, constraint, stride) else None
 
 

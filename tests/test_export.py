@@ -176,6 +176,29 @@ def test_the_least_size_constraint_is_found(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["m.pt2", "m.pt2.json"]
 
 
+class _CeilModePool(nn.Module):
+    """Ceil-mode pooling between strided convolutions, as in legacy SE-ResNets and VoVNets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, 2, 1), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(4, 3, 3, 2, 1)
+        )
+
+    def forward(self, x):
+        return {"out": F.interpolate(self.net(x), size=x.shape[-2:], mode="bilinear")}
+
+
+def test_a_model_the_shape_solver_asserts_on_exports_at_multiples():
+    """At any size torch's solver raises an AssertionError on ceil-mode pooling; the export
+    goes on to multiples of the stride instead of failing (timm:legacy_seresnet18 did)."""
+    model = _CeilModePool().eval()
+    ep, size = export_program(model)
+    assert size.static is None and size.multiple > 1
+    x = torch.rand(1, 3, size.min + size.multiple, size.min)
+    torch.testing.assert_close(ep.module()(x), model(x)["out"])
+
+
 def test_bad_requests_are_clear_errors(lraspp, tmp_path):
     with pytest.raises(UsageError, match="unknown export format 'tflite'"):
         segzoo.export(lraspp, tmp_path / "m", "tflite")
