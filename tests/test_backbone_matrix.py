@@ -71,6 +71,9 @@ def test_a_summary_says_what_was_measured():
     s = summarize("x", entry, heads)
     assert not s["verified"] and s["failing"] == {"fcn": "train: RuntimeError: boom"}
     assert "export" not in s  # not measured
+    entry["real"] = {"error": "timeout: more than 300 s", "s": 300.0}
+    s = summarize("x", entry, heads)
+    assert s["tier"] == "meta" and s["real"] == "failed: timeout: more than 300 s"
     entry["export"] = {"head": "fcn", "static": "ok", "dynamic": "multiples of 32", "s": 3.0}
     assert summarize("x", entry, heads)["export"] == {
         "head": "fcn",

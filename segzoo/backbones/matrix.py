@@ -133,6 +133,8 @@ def summarize(name: str, entry: dict[str, Any], heads: list[str]) -> dict[str, A
             out["cause"] = "pending (not measured yet)"
     if real and "skipped" in real:
         out["real"] = real["skipped"]
+    elif real and "error" in real and tier == "meta":
+        out["real"] = "failed: " + real["error"]
     elif not real:
         out["real"] = "pending (not measured yet)"
     if "export" in entry:
@@ -166,6 +168,8 @@ def totals(data: dict[str, Any]) -> dict[str, Any]:
             causes[f"{h}: {cause(err)}"] += 1
         if r.get("real", "").startswith("too large"):
             causes["tier real skipped: too large for this machine"] += 1
+        elif r.get("real", "").startswith("failed: "):
+            causes[f"tier real: {cause(r['real'].removeprefix('failed: '))}"] += 1
         for o, how in (r.get("dilation") or {}).items():
             if how not in ("as built", "timm", "segzoo"):
                 causes[f"output_stride={o}: {how}"] += 1
@@ -207,6 +211,7 @@ def render_markdown(data: dict[str, Any]) -> str:
     """docs/backbones.md: totals, then one row per architecture."""
     heads = data.get("heads", [])
     t = totals(data)
+    chosen = sample(data)
     lines = [
         "# timm backbones: measured, not assumed",
         "",
@@ -222,11 +227,13 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"- tier real passed (every head: forward in train and eval mode, backward, at a small size): "
         f"{t['real_passed']}",
         f"- verified for real with every compatible head: {t['verified_real_every_compatible_head']}",
-        f"- tier real not measured yet: {t['real_pending']}",
+        f"- tier real not measured yet: {t['real_pending']} (the costliest under the parameter limit; "
+        "`--tier real` resumes there)",
         "- per head (architectures where it works, best tier): "
         + ", ".join(f"{h} {n}" for h, n in t["per_head"].items()),
         f"- torch.export with one working head, measured for {sum(t['export'].values())} architectures "
-        "(the stratified sample, one per timm module, at least): "
+        f"({sum('export' in data['models'][n] for n in chosen.values())} of the {len(chosen)} in the "
+        "stratified sample, one per timm module): "
         + ", ".join(f"{how} {n}" for how, n in t["export"].items()),
         "- output stride 16 / 8 (measured on the meta device; how: as built, timm's own dilation,"
         " segzoo's generic dilation, or why not): "
