@@ -227,8 +227,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         f"- tier real passed (every head: forward in train and eval mode, backward, at a small size): "
         f"{t['real_passed']}",
         f"- verified for real with every compatible head: {t['verified_real_every_compatible_head']}",
-        f"- tier real not measured yet: {t['real_pending']} (the costliest under the parameter limit; "
-        "`--tier real` resumes there)",
+        f"- tier real not measured yet: {t['real_pending']}"
+        + (
+            " (the costliest under the parameter limit; `--tier real` resumes there)"
+            if t["real_pending"]
+            else ""
+        ),
         "- per head (architectures where it works, best tier): "
         + ", ".join(f"{h} {n}" for h, n in t["per_head"].items()),
         f"- torch.export with one working head, measured for {sum(t['export'].values())} architectures "
