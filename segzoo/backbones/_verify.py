@@ -116,17 +116,19 @@ def run_head(bb: Any, head: str, size: tuple[int, int], real: bool) -> str:
     return "ok"
 
 
-def _meta_backbone(name: str, **kwargs: Any) -> tuple[Any, str]:
+def _meta_backbone(name: str, device: str = "meta", **kwargs: Any) -> tuple[Any, str]:
     """The backbone on the meta device, or on the CPU when its forward reads values (Tensor.item()
-    on a tensor attribute, which no probe on the meta device can run), and where it was built."""
+    on a tensor attribute, which no probe on the meta device can run), and where it was built;
+    ``device="cpu"`` when an earlier build of the same architecture found that out."""
     import torch
 
-    try:
-        with torch.device("meta"):
-            return timm_backbone(name, **kwargs), "meta"
-    except Exception as e:
-        if "meta tensors" not in str(e):
-            raise
+    if device == "meta":
+        try:
+            with torch.device("meta"):
+                return timm_backbone(name, **kwargs), "meta"
+        except Exception as e:
+            if "meta tensors" not in str(e):
+                raise
     return timm_backbone(name, **kwargs), "cpu"
 
 
@@ -158,7 +160,7 @@ def work_meta(name: str, heads: list[str], full: bool) -> dict[str, Any]:
                 rec["os"][str(os_)] = "as built"
                 continue
             try:
-                d, _ = _meta_backbone(name, output_stride=os_)
+                d, _ = _meta_backbone(name, device, output_stride=os_)
                 rec["os"][str(os_)] = d.dilation
             except NotDilatableError as e:
                 rec["os"][str(os_)] = f"not dilatable: {e.reason}"[:ERR_CHARS]

@@ -63,32 +63,37 @@ def shape_forward(module: nn.Module, size: tuple[int, int]) -> Any:
     named = list(itertools.chain(module.named_parameters(), module.named_buffers()))
     on_meta = any(v.is_meta for _, v in named)
     device = named[0][1].device if named and not on_meta else torch.device("cpu")
+    numel = sum(v.numel() for _, v in named)
+
+    def with_values() -> Any:
+        # the module's own weights, or zeros standing in for weights on the meta device
+        if not on_meta:
+            return module(torch.zeros(1, 3, *size, device=device))
+        zeros = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in named}
+        return functional_call(module, zeros, (torch.zeros(1, 3, *size),))
+
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            if sum(v.numel() for _, v in named) <= REAL_PROBE_NUMEL:
-                if not on_meta:
-                    return module(torch.zeros(1, 3, *size, device=device))
+            if numel <= REAL_PROBE_NUMEL:
                 try:
-                    zeros = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in named}
-                    return functional_call(module, zeros, (torch.zeros(1, 3, *size),))
+                    return with_values()
                 except Exception:
-                    pass  # e.g. a plain tensor attribute on the meta device: probe on meta
+                    if not on_meta:
+                        raise
+                    # e.g. a plain tensor attribute on the meta device: probe on meta
             tensors = {k: torch.empty_like(v, device="meta") for k, v in named}
             try:
                 return functional_call(module, tensors, (torch.empty(1, 3, *size, device="meta"),))
             except (NotImplementedError, RuntimeError) as err:
                 # an op without a meta kernel, or one that reads values (gemma4's Tensor.item()):
-                # run with data, real weights or zeros; a shape error is the answer, not a reason
+                # run with values; a shape error is the answer, not a reason
                 if not isinstance(err, NotImplementedError) and "meta" not in str(err):
                     raise
-                if not on_meta:
-                    return module(torch.zeros(1, 3, *size, device=device))
-                if sum(v.numel() for _, v in named) > ZEROS_PROBE_NUMEL:
+                if on_meta and numel > ZEROS_PROBE_NUMEL:
                     raise
-                zeros = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in named}
-                return functional_call(module, zeros, (torch.zeros(1, 3, *size),))
+                return with_values()
     finally:
         module.train(was_training)
 
